@@ -1,0 +1,5 @@
+import sys
+
+from defi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""The `defi` command.
+
+Each subcommand is a thin shell over a function that the tests also call: the function receives the remaining
+arguments (a list of strings) and returns an exit code. Subcommands are imported lazily so that `defi --help`
+stays fast and a stage's heavy dependencies load only when that stage runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib import import_module
+
+from defi.errors import DefiError
+
+# name -> ("module:function", one-line help). Two-word names ("data metaworld") form groups.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "env": ("defi.utils.environment:env_main", "Print versions, device and mixed-precision support."),
+}
+
+
+def _usage() -> str:
+    lines = [
+        "usage: defi [--debug] COMMAND [ARGS...]",
+        "",
+        "DeFI: pretrain a forward (video) and an inverse (latent-action) dynamics model separately, then couple",
+        "them into a policy. Run `defi COMMAND --help` for a command's options.",
+        "",
+        "commands:",
+    ]
+    width = max(len(name) for name in COMMANDS) + 2
+    for name, (_, help_text) in sorted(COMMANDS.items()):
+        lines.append(f"  {name.ljust(width)}{help_text}")
+    lines += ["", "options:", "  --debug   show the full traceback on errors", "  --help    show this message"]
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            return name, argv[words:]
+    return None, argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from defi import __version__
+
+        print(f"defi {__version__}")
+        return 0
+    name, rest = _resolve(argv)
+    if name is None:
+        group = [n for n in COMMANDS if n.split()[0] == argv[0]]
+        if group:
+            print(f"defi {argv[0]}: choose one of: " + ", ".join(sorted(n.split()[1] for n in group)), file=sys.stderr)
+        else:
+            print(f"defi: error: unknown command {argv[0]!r} (run `defi --help` for the list)", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    try:
+        func = getattr(import_module(module_name), func_name)
+        code = func(rest)
+        return int(code or 0)
+    except DefiError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"defi {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"defi {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
