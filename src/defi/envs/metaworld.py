@@ -48,8 +48,6 @@ ACTION_DIM = 4
 STATE_DIM = 4
 ENV_STATE_DIM = 39
 EMBODIMENT = "sawyer"
-# The scripted experts warn on every large correction; the env clips actions to [-1, 1] anyway.
-warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 
 
 def all_tasks() -> tuple[str, ...]:
@@ -167,7 +165,11 @@ class MetaWorldEnv:
         """The scripted expert's action for the current state (float32 [4], clipped to [-1, 1])."""
         if self._raw_obs is None:
             raise RuntimeError("call reset() before expert_action()")
-        return np.clip(self._expert.get_action(self._raw_obs), -1.0, 1.0).astype(np.float32)
+        with warnings.catch_warnings():
+            # The scripted experts warn on every large correction; the action is clipped to [-1, 1] anyway.
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            action = self._expert.get_action(self._raw_obs)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     # -- observations ----------------------------------------------------------------------------------------
     def observation(self) -> dict[str, np.ndarray]:
