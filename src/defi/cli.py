@@ -17,6 +17,7 @@ from defi.errors import DefiError
 # name -> ("module:function", one-line help). Two-word names ("data metaworld") form groups.
 COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("defi.utils.environment:env_main", "Print versions, device and mixed-precision support."),
+    "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
 }
 
 

@@ -37,14 +37,16 @@ DEFAULT_DINOV2 = "facebook/dinov2-base"  # ViT-B/14, D=768 (paper)
 @dataclass
 class FrameEncoderConfig(Config):
     kind: Literal["patch", "dinov2"] = "patch"
-    # dinov2: local directory or hub repo id (read from the hub cache only); "" = facebook/dinov2-base
     name_or_path: str = ""
-    # images are resized to image_size x image_size before encoding (dinov2: a multiple of its patch size)
+    """dinov2: local directory or hub repo id (read from the hub cache only); "" = facebook/dinov2-base."""
     image_size: int = 64
-    # patch: pixel patch side and output dimension D
-    patch_size: int = 8
-    dim: int = 128
+    """Frames are resized to image_size x image_size first (dinov2: a multiple of its patch size, 224 at paper)."""
+    patch_size: int = 16
+    """patch: side of the pixel patches (64 / 16 = a 4 x 4 grid of tokens)."""
+    dim: int = 256
+    """patch: output dimension D."""
     seed: int = 0
+    """patch: seed of the fixed projection."""
 
     def validate(self) -> None:
         self.check(self.image_size >= 1, "image_size", "a positive number of pixels")

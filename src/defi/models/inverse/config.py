@@ -35,13 +35,13 @@ class QuantizerConfig(Config):
 @dataclass
 class GIDMConfig(Config):
     # inputs (set from the frozen encoders by the stage)
-    feature_dim: int = 128  # D of the frame encoder's patch tokens
-    num_patches: int = 64  # P patch tokens per frame
+    feature_dim: int = 256  # D of the frame encoder's patch tokens
+    num_patches: int = 16  # P patch tokens per frame
     text_dim: int = 384  # D of the text encoder's tokens; 0 = no instruction input
     # st_transformer: the paper's GIDM; transformer / mlp: the continuous baselines of Table 7
     architecture: Literal["st_transformer", "transformer", "mlp"] = "st_transformer"
-    dim: int = 256
-    depth: int = 4
+    dim: int = 128
+    depth: int = 3
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
