@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data videos": ("defi.data.sources.videos:videos_main", "Ingest a folder of captioned videos (action-free)."),
     "data info": ("defi.data.inspect:info_main", "Summarise an episode store."),
     "data preview": ("defi.data.inspect:preview_main", "Write a GIF of some episodes of a store."),
+    "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
 }
 
 

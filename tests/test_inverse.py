@@ -1,0 +1,213 @@
+import pytest
+import torch
+
+from defi.config import from_dict
+from defi.errors import ConfigError
+from defi.models.inverse import GIDM, GIDMConfig, QuantizerConfig, gidm_tiny, table7_variant, table8_variant
+from defi.models.inverse.probe import r2_score, ridge_probe
+from defi.models.inverse.quantizer import VectorQuantizer, code_usage
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def inputs(b=3, seed=0, cfg=None):
+    cfg = cfg or gidm_tiny()
+    g = torch.Generator().manual_seed(seed)
+    cur = torch.randn(b, cfg.num_patches, cfg.feature_dim, generator=g)
+    fut = torch.randn(b, cfg.num_patches, cfg.feature_dim, generator=g)
+    text = torch.randn(b, 5, cfg.text_dim, generator=g)
+    mask = torch.ones(b, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    return cur, fut, text, mask
+
+
+def test_causal_temporal_mask_hides_the_future_from_the_current_step():
+    torch.manual_seed(0)
+    model = GIDM(gidm_tiny()).eval()
+    cur, fut, text, mask = inputs()
+    states = model.token_states(cur, fut, text, mask)
+    states2 = model.token_states(cur, fut + 3 * torch.randn_like(fut), text, mask)
+    assert states.shape == (3, 2, 16 + 5 + 2, 32)
+    assert torch.allclose(states[:, 0], states2[:, 0], atol=1e-6)  # e_t step: unchanged
+    assert not torch.allclose(states[:, 1], states2[:, 1], atol=1e-3)  # e_{t+n} step: sees the change
+    # and the latent action depends on the future frame
+    f1, _ = model.infer_latent_actions(cur, fut, text, mask)
+    f2, _ = model.infer_latent_actions(cur, fut + 3 * torch.randn_like(fut), text, mask)
+    assert not torch.allclose(f1, f2)
+    # padded text tokens are masked: changing them changes nothing
+    text2 = text.clone()
+    text2[0, 3:] += 5.0
+    states3 = model.token_states(cur, fut, text2, mask)
+    real = torch.ones(states.shape[2], dtype=torch.bool)
+    real[16 + 3 : 16 + 5] = False  # the padded positions of sample 0 carry their own (ignored) values
+    assert torch.allclose(states3[0][:, real], states[0][:, real], atol=1e-6)
+    assert torch.allclose(states3[1:], states[1:], atol=1e-6)
+
+
+def test_vq_straight_through_gradients_and_codebook_updates():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, code_dim=4, commitment_weight=0.0))
+    vq.train()
+    vq(torch.randn(4, 2, 4))  # first batch initialises the codebook from data
+    z = torch.randn(4, 2, 4, requires_grad=True)
+    out = vq(z)
+    w = torch.randn_like(z)
+    (out.quantized * w).sum().backward()
+    assert torch.allclose(z.grad, w)  # straight-through: d quantized / d z = identity
+    assert out.indices.shape == (4, 2) and vq.codebook.grad is None  # EMA mode: the codebook is not optimised
+    assert torch.allclose(out.quantized.detach(), vq.codebook[out.indices].detach())  # values are codes
+    # commitment loss pulls z towards its code; loss-based updates also train the codebook
+    vq2 = VectorQuantizer(QuantizerConfig(codebook_size=8, code_dim=4, update="loss"))
+    vq2.train()
+    vq2(torch.randn(4, 2, 4))
+    z2 = torch.randn(4, 2, 4, requires_grad=True)
+    out2 = vq2(z2)
+    assert out2.loss > 0
+    out2.loss.backward()
+    assert z2.grad.abs().sum() > 0 and vq2.codebook.grad.abs().sum() > 0
+
+
+def test_ema_moves_codes_to_their_assigned_mean():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=2, code_dim=2, ema_decay=0.5, dead_code_threshold=0.0))
+    vq.train()
+    vq(torch.tensor([[[10.0, 0.0]], [[-10.0, 0.0]]]))  # init: one code per cluster
+    batch = torch.tensor([[[11.0, 1.0]], [[9.0, 1.0]], [[-10.0, -2.0]]])
+    for _ in range(30):
+        vq(batch)
+    codes = sorted(vq.codebook.detach().tolist())
+    assert codes[0] == pytest.approx([-10.0, -2.0], abs=1e-2) and codes[1] == pytest.approx([10.0, 1.0], abs=1e-2)
+
+
+def test_dead_codes_are_reinitialised_from_the_batch():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, code_dim=4, ema_decay=0.5, dead_code_threshold=0.3))
+    vq.train()
+    vq(torch.randn(16, 1, 4) * 10)  # spread-out init
+    collapsed = torch.randn(16, 1, 4) * 0.01 + 50.0  # every vector now lands on one code
+    for _ in range(3):
+        vq(collapsed)
+    assert int(vq.reinitialised) > 0
+    # the re-drawn codes sit on the current data, so the next batches use several of them
+    dist_to_data = torch.cdist(vq.codebook.detach(), collapsed[:, 0]).min(1).values
+    assert (dist_to_data < 1.0).sum() >= 2
+    used, perplexity = code_usage(vq(collapsed).indices, 8)
+    assert used > 1 / 8 and perplexity > 1.0
+
+
+def test_code_usage_and_ridge_probe():
+    used, ppl = code_usage(torch.tensor([0, 1, 2, 3]), 8)
+    assert used == 0.5 and ppl == pytest.approx(4.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    y = x[:, :2] @ torch.tensor([[1.0, -2.0], [0.5, 1.0]]) + 0.01 * torch.randn(200, 2, generator=g)
+    assert ridge_probe(x[:150], y[:150], x[150:], y[150:])["r2"] > 0.99
+    assert ridge_probe(torch.randn(150, 6, generator=g), y[:150], torch.randn(50, 6, generator=g), y[150:])["r2"] < 0.2
+    assert r2_score(y, y) == 1.0
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [("gidm", "vq"), ("gidm", "binning"), ("gidm", "continuous"), ("mlp", None), ("transformer", None)],
+)
+def test_variants_build_train_and_infer(variant):
+    arch, quant = variant
+    torch.manual_seed(0)
+    cfg = table7_variant(gidm_tiny(), arch)
+    if quant:
+        cfg = table8_variant(cfg, quant)
+    model = GIDM(cfg)
+    cur, fut, text, mask = inputs()
+    out = model(cur, fut, text, mask)
+    assert set(out) == {"loss", "mse", "copy_mse", "vq_loss"} and out["loss"].dim() == 0
+    out["loss"].backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder"))
+    feats, codes = model.eval().infer_latent_actions(cur, fut, text, mask)
+    assert feats.shape == (3, cfg.num_action_queries, cfg.dim)
+    expected = {"vq": (3, 2), "binning": (3, 2, cfg.quantizer.code_dim)}.get(cfg.quantizer.kind)
+    assert (codes is None) if expected is None else tuple(codes.shape) == expected
+    if arch != "mlp":
+        attn = model.query_attention(cur, fut, text, mask)
+        assert attn.shape == (3, cfg.num_patches) and (attn >= 0).all() and (attn.sum(1) <= 1 + 1e-5).all()
+
+
+def test_no_text_and_shape_errors():
+    cfg = GIDMConfig(**{**gidm_tiny().__dict__, "text_dim": 0})
+    model = GIDM(cfg)
+    cur, fut, _, _ = inputs()
+    assert model(cur, fut)["loss"].isfinite()
+    with pytest.raises(ValueError, match="future_tokens"):
+        model(cur, fut[:, :5])
+    with pytest.raises(ValueError, match="text_tokens"):
+        GIDM(gidm_tiny())(cur, fut, None, None)
+
+
+def moving_square_features(n=32, seed=0):
+    """Patch features of a bright square that moves by one of 4 displacements between e_t and e_{t+n}."""
+    from defi.models.encoders.frame import FrameEncoderConfig, build_frame_encoder
+
+    enc = build_frame_encoder(FrameEncoderConfig(kind="patch", image_size=16, patch_size=4, dim=16))
+    g = torch.Generator().manual_seed(seed)
+    cur = torch.zeros(n, 3, 16, 16, dtype=torch.uint8)
+    fut = torch.zeros_like(cur)
+    moves = torch.tensor([[0, 4], [4, 0], [0, -4], [-4, 0]])
+    for i in range(n):
+        y, x = torch.randint(4, 8, (2,), generator=g).tolist()
+        dy, dx = moves[int(torch.randint(0, 4, (1,), generator=g))].tolist()
+        cur[i, :, y : y + 4, x : x + 4] = 255
+        fut[i, :, y + dy : y + dy + 4, x + dx : x + dx + 4] = 255
+    return enc(cur), enc(fut)
+
+
+def test_tiny_gidm_overfits_a_batch_and_beats_copy_baseline():
+    torch.manual_seed(0)
+    cur, fut = moving_square_features()
+    cfg = GIDMConfig(**{**gidm_tiny().__dict__, "text_dim": 0})
+    model = GIDM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model(cur, fut)
+    losses = []
+    for _ in range(70):
+        out = model(cur, fut)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["mse"]))
+    model.eval()
+    with torch.no_grad():
+        final = model(cur, fut)
+    assert float(first["mse"]) == pytest.approx(float(first["copy_mse"]), rel=1e-5)  # starts at copy-e_t
+    assert losses[-1] < 0.7 * losses[0]
+    assert float(final["mse"]) < 0.6 * float(final["copy_mse"]), (float(final["mse"]), float(final["copy_mse"]))
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = GIDM(gidm_tiny())
+    cur, fut, text, mask = inputs()
+    model(cur, fut, text, mask)  # a training step initialises the codebook from data
+    model.eval()
+    feats, codes = model.infer_latent_actions(cur, fut, text, mask)
+    model.save_pretrained(tmp_path / "gidm")
+    loaded = GIDM.from_pretrained(tmp_path / "gidm").eval()
+    assert loaded.config == model.config
+    feats2, codes2 = loaded.infer_latent_actions(cur, fut, text, mask)
+    assert torch.equal(codes, codes2) and torch.allclose(feats, feats2)
+    assert bool(loaded.quantizer.initialised)  # the codebook state travels with the weights
+
+
+def test_bad_config_raises_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="heads"):
+        from_dict(GIDMConfig, {"dim": 32, "heads": 3})
+    with pytest.raises(ConfigError, match="quantizer.codebook_size"):
+        from_dict(GIDMConfig, {"quantizer": {"codebook_size": 1}})
+    with pytest.raises(ConfigError, match="architecture"):
+        from_dict(GIDMConfig, {"architecture": "lstm"})
+    with pytest.raises(ConfigError, match="num_action_querys"):
+        from_dict(GIDMConfig, {"num_action_querys": 4})

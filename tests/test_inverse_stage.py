@@ -1,0 +1,99 @@
+"""Stage test on an in-memory clip dataset of the data layer's contract: a square moves by the action."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from defi.config import replace
+from defi.models.inverse import GIDM
+from defi.train.pretrain_idm import GIDMPretrainModule, preset_tiny, pretrain_idm
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class MovingSquareClips(Dataset):
+    """Clips of `episodes` episodes x `clips_per_episode`; o_{t+n} = o_t with the square moved by n * action."""
+
+    def __init__(self, episodes: int = 8, clips_per_episode: int = 8, size: int = 32, views: int = 2,
+                 horizon: int = 4, n: int = 4, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.size, self.views, self.horizon = size, views, horizon
+        self.items = []
+        for ep in range(episodes):
+            color = torch.randint(80, 255, (3,), generator=g, dtype=torch.uint8)
+            for k in range(clips_per_episode):
+                pos = torch.randint(4, size - 12, (2,), generator=g)
+                vel = torch.randint(-1, 2, (2,), generator=g)
+                self.items.append((ep, k, color, pos, vel * n, vel))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _frame(self, color, pos) -> torch.Tensor:
+        img = torch.full((3, self.size, self.size), 20, dtype=torch.uint8)
+        y, x = int(pos[0]), int(pos[1])
+        img[:, y : y + 6, x : x + 6] = color[:, None, None]
+        return img
+
+    def __getitem__(self, i: int) -> dict:
+        ep, k, color, pos, shift, vel = self.items[i]
+        cur, goal = self._frame(color, pos), self._frame(color, (pos + shift).clamp(0, self.size - 6))
+        actions = torch.zeros(self.horizon, 4)
+        actions[:, :2] = vel.float()
+        return {
+            "images": torch.stack([cur] * self.views), "goal_images": torch.stack([goal] * self.views),
+            "future_images": torch.stack([goal[None]] * self.views),
+            "future_mask": torch.ones(1, dtype=torch.bool),
+            "actions": actions, "action_mask": torch.ones(self.horizon, dtype=torch.bool),
+            "state": torch.zeros(4), "has_actions": torch.tensor(True),
+            "instruction": ["push the square", "move the block"][ep % 2], "source": "synthetic",
+            "episode_index": torch.tensor(ep), "frame_index": torch.tensor(k),
+        }
+
+
+def test_pretrain_idm_stage_end_to_end(tmp_path):
+    cfg = preset_tiny()
+    cfg = replace(cfg, run_dir=tmp_path / "run", trainer=replace(cfg.trainer, max_steps=12, log_every=4))
+    metrics = pretrain_idm(cfg, MovingSquareClips(), MovingSquareClips(seed=1))
+    run = tmp_path / "run"
+    on_disk = json.loads((run / "metrics.json").read_text())
+    for key in ("eval/mse", "eval/copy_mse", "eval/codes_used_fraction", "eval/code_perplexity",
+                "eval/probe_r2_latent_action", "eval/probe_r2_feature_diff", "parameters"):
+        assert key in on_disk and on_disk[key] == metrics[key], key
+    assert 0 < on_disk["eval/codes_used_fraction"] <= 1 and on_disk["eval/code_perplexity"] >= 1
+    assert on_disk["eval/probe_test_clips"] == 16  # 2 of 8 episodes held out for the probe
+    pngs = list((run / "attention").glob("step_*.png"))
+    assert pngs and pngs[0].stat().st_size > 1000
+    gidm = GIDM.from_pretrained(run / "model")
+    assert gidm.config.feature_dim == 16 and gidm.config.text_dim == 384  # filled from the encoders
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["num_patches"] == 16
+    # the frozen encoders stay out of the checkpoint
+    assert not any(k.startswith(("frame_encoder", "text_encoder")) for k in GIDMPretrainModule(
+        gidm, None, None).state_dict())
+
+
+def test_stage_rejects_clips_without_the_contract_keys(tmp_path):
+    from defi.errors import ConfigError, DefiError
+
+    class NoGoal(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"images": torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "instruction": "x"}
+
+    cfg = replace(preset_tiny(), run_dir=tmp_path / "run")
+    with pytest.raises(DefiError, match="goal_images"):
+        pretrain_idm(cfg, NoGoal(), NoGoal())
+    with pytest.raises(ConfigError, match="view_index"):
+        pretrain_idm(replace(cfg, view_index=5), MovingSquareClips(), MovingSquareClips())
