@@ -104,19 +104,14 @@ def test_masked_steps_do_not_affect_the_loss():
     assert none.item() == 0.0 and none.requires_grad
 
 
-@pytest.mark.parametrize(
-    "prediction_type, steps, max_error_ratio",
-    # epsilon (the default) memorises a batch more slowly than x0 prediction; the bounds leave about 2x margin
-    # over what seeds 0-1 reach here.
-    [("epsilon", 500, 0.6), ("sample", 300, 0.15)],
-)
-def test_tiny_adapter_overfits_one_batch(prediction_type, steps, max_error_ratio):
+def test_tiny_adapter_overfits_one_batch():
     torch.manual_seed(0)
-    cfg = tiny_config(prediction_type=prediction_type)  # DDIM, 10 steps
+    cfg = tiny_config()  # the defaults: v-prediction, DDIM, 10 sampling steps
+    steps = 400
     model = DiTActionAdapter(cfg)
     actions, mask, cond, glob = make_batch(cfg, batch=4)
     g = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, fused=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
     for _ in range(steps):
@@ -131,7 +126,8 @@ def test_tiny_adapter_overfits_one_batch(prediction_type, steps, max_error_ratio
     chunk = model.eval().sample(cond, glob, generator=torch.Generator().manual_seed(1))
     error = (chunk - actions).abs().mean().item()
     spread = (actions - actions.mean(dim=0)).abs().mean().item()  # error of predicting the batch mean
-    assert error < max_error_ratio * spread, (error, spread)
+    # seeds 0 and 1 reach 0.22-0.23 of the spread here; the bound leaves 2x margin
+    assert error < 0.45 * spread, (error, spread)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
@@ -150,7 +146,7 @@ def test_sampling_is_deterministic_under_a_seeded_generator(sampler):
 
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = DiTActionAdapter(tiny_config(prediction_type="v_prediction")).eval()
+    model = DiTActionAdapter(tiny_config(prediction_type="epsilon")).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
     _, _, cond, glob = make_batch(model.config)
