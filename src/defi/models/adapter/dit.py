@@ -304,12 +304,13 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
         context = self.encode_condition(cond_tokens)
         context_kv = self._context_kv(context)  # the condition's keys/values, shared by all denoising steps
         self.sampler.set_timesteps(steps, device=cond_tokens.device)
+        # the sampler's state stays float32 even under bf16 autocast (only the network runs in low precision)
         actions = randn_tensor((batch, cfg.action_horizon, cfg.action_dim), generator=generator,
-                               device=cond_tokens.device, dtype=context.dtype)
+                               device=cond_tokens.device, dtype=torch.float32)
         actions = actions * self.sampler.init_noise_sigma
         for t in self.sampler.timesteps:
             model_input = self.sampler.scale_model_input(actions, t)
-            prediction = self._denoise(model_input, t.expand(batch), context_kv, global_cond)
+            prediction = self._denoise(model_input, t.expand(batch), context_kv, global_cond).float()
             actions = self.sampler.step(prediction, t, actions).prev_sample
         if cfg.clip_sample:
             actions = actions.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
