@@ -6,8 +6,8 @@ Prints:
   prefix-token conditioning (the alternative), and of the baseline's whole `sample` (encoder + adapter);
 - training steps/s of the `small` adapter at batch 32 (loss + backward + AdamW step), and of the small baseline.
 Every timing is the median of repeated calls after warm-up. Because the machine is shared and loaded, each figure
-is also given relative to a reference workload timed in the same run (a fixed 256x256 fp32 matmul loop), and
-adapter latency as a share of the whole-policy budget of 50 ms (20 Hz) from issue 6.
+is also given relative to a reference workload timed interleaved with it (a fixed 256x256 fp32 matmul loop, see
+`Reference`), and adapter latency as a share of the whole-policy budget of 50 ms (20 Hz) from issue 6.
 
     python benchmarks/bench_adapter.py                 # torch's default thread count
     python benchmarks/bench_adapter.py --threads 1
@@ -30,28 +30,41 @@ POLICY_BUDGET_MS = 50.0  # issue 6: a whole policy step at 20 Hz
 PAPER_ADAPTER_MS_4090 = 24.3  # paper Table 13 (RTX 4090); other hardware, printed for orientation only
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2, sync: Callable[[], None] = lambda: None) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+class Reference:
+    """A fixed workload (20 x tanh(256x256 @ 256x256), fp32) timed right before every measured call.
 
+    The machine is shared, so its speed drifts within a run; dividing each figure by the reference's median over
+    the same repeats gives a ratio that is comparable across runs and machines.
+    """
 
-def reference_ms(device: torch.device, sync: Callable[[], None]) -> float:
-    a = torch.randn(256, 256, device=device)
+    def __init__(self, device: torch.device, sync: Callable[[], None]):
+        self.a = torch.randn(256, 256, device=device)
+        self.sync = sync
 
-    def work() -> None:
-        x = a
-        for _ in range(50):
-            x = torch.tanh(x @ a)
+    def __call__(self) -> None:
+        x = self.a
+        for _ in range(20):
+            x = torch.tanh(x @ self.a)
+        self.sync()
 
-    return median_ms(work, repeats=9, sync=sync)
+    def measure(self, fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float, float]:
+        """-> (median ms of fn, median ms of the reference, ratio of the two) over interleaved repeats."""
+        for _ in range(warmup):
+            fn()
+            self()
+        self.sync()
+        fn_ms, ref_ms = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self()
+            middle = time.perf_counter()
+            fn()
+            self.sync()
+            end = time.perf_counter()
+            ref_ms.append((middle - start) * 1e3)
+            fn_ms.append((end - middle) * 1e3)
+        fn_med, ref_med = statistics.median(fn_ms), statistics.median(ref_ms)
+        return fn_med, ref_med, fn_med / ref_med
 
 
 def count(module: torch.nn.Module) -> int:
@@ -70,22 +83,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cond-tokens", type=int, default=48, help="condition tokens N (latent actions + Video Former)")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--train-steps", type=int, default=7)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
+    ref = Reference(device, sync)
     # (cond_dim, global_cond_dim) per size: small = MiniLM-sized features; paper = GIDM width 768, CLIP text 512
     interface = {"small": (384, 384), "paper": (768, 512)}
     n = args.cond_tokens
     print(f"device={device} threads={torch.get_num_threads()} condition tokens N={n} "
           f"(cond_dim, global_dim)={interface}")
-
-    ref = reference_ms(device, sync)
-    print(f"reference workload (50 x tanh(256x256 matmul)): {ref:.2f} ms\n")
+    print("'x ref' = median time / median time of the reference workload (20 x tanh(256x256 matmul)) timed "
+          "interleaved with it\n")
 
     print("parameters")
     for preset in ("small", "paper"):
@@ -98,21 +111,20 @@ def main() -> None:
               f"   baseline image policy {preset}: {count(baseline) / 1e6:.2f} M "
               f"(encoder {count(baseline.encoder) / 1e6:.2f} M)")
 
-    print("\nlatency of one sample() call, batch 1, 10 steps (median ms; x reference; share of 50 ms budget)")
-    latency = {}
+    print("\nlatency of one sample() call, batch 1, 10 steps (median; x ref; share of the 50 ms policy budget)")
+    ratios = {}
     for preset in ("small", "paper"):
         cond_dim, global_dim = interface[preset]
         for mode in ("cross", "prefix"):
             adapter = build_adapter(preset, cond_dim, n, global_dim, device, cond_attention=mode).eval()
             cond = torch.randn(1, n, cond_dim, device=device)
             glob = torch.randn(1, global_dim, device=device)
-            ms = median_ms(lambda: adapter.sample(cond, glob), args.repeats, sync=sync)
-            latency[preset, mode] = ms
-            print(f"  adapter {preset:5s} {mode:6s}: {ms:8.2f} ms  ({ms / ref:5.2f} x ref, "
-                  f"{ms / POLICY_BUDGET_MS:5.1%} of budget)")
-        ratio = latency[preset, "prefix"] / latency[preset, "cross"]
-        print(f"  -> {preset}: prefix / cross latency = {ratio:.2f}")
-    print(f"  paper / small (cross) = {latency['paper', 'cross'] / latency['small', 'cross']:.2f}; paper Table 13 "
+            ms, ref_ms, ratio = ref.measure(lambda: adapter.sample(cond, glob), args.repeats)
+            ratios[preset, mode] = ratio
+            print(f"  adapter {preset:5s} {mode:6s}: {ms:8.2f} ms  ({ratio:5.2f} x ref of {ref_ms:.1f} ms; "
+                  f"{ms / POLICY_BUDGET_MS:6.1%} of budget)")
+        print(f"  -> {preset}: prefix / cross = {ratios[preset, 'prefix'] / ratios[preset, 'cross']:.2f}")
+    print(f"  paper / small (cross) = {ratios['paper', 'cross'] / ratios['small', 'cross']:.2f}; paper Table 13 "
           f"reports {PAPER_ADAPTER_MS_4090} ms on an RTX 4090 (other hardware)")
 
     base_cfg = IMAGE_POLICY_PRESETS["small"]()
@@ -123,9 +135,9 @@ def main() -> None:
     size, views = base_cfg.image_size, base_cfg.num_views
     images = torch.randint(0, 256, (1, views, 3, size, size), dtype=torch.uint8, device=device)
     instruction = torch.randn(1, base_cfg.instruction_dim, device=device)
-    ms = median_ms(lambda: baseline.sample(images, instruction), args.repeats, sync=sync)
-    print(f"  baseline image policy small (encoder + adapter): {ms:8.2f} ms  ({ms / ref:5.2f} x ref, "
-          f"{ms / POLICY_BUDGET_MS:5.1%} of budget)")
+    ms, ref_ms, ratio = ref.measure(lambda: baseline.sample(images, instruction), args.repeats)
+    print(f"  baseline image policy small (encoder + adapter): {ms:8.2f} ms  ({ratio:5.2f} x ref of {ref_ms:.1f} ms;"
+          f" {ms / POLICY_BUDGET_MS:6.1%} of budget)")
 
     print("\ntraining steps/s, batch 32 (loss + backward + AdamW step)")
     batch = 32
@@ -144,8 +156,8 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    ms = median_ms(adapter_step, args.train_steps, sync=sync)
-    print(f"  adapter small: {1e3 / ms:7.2f} steps/s ({ms:.1f} ms/step, {ms / ref:.2f} x ref)")
+    ms, ref_ms, ratio = ref.measure(adapter_step, args.train_steps)
+    print(f"  adapter small: {1e3 / ms:7.2f} steps/s ({ms:.1f} ms/step, {ratio:.2f} x ref of {ref_ms:.1f} ms)")
 
     baseline.train()
     opt = torch.optim.AdamW(baseline.parameters(), lr=1e-4)
@@ -162,8 +174,9 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    ms = median_ms(baseline_step, max(3, args.train_steps // 2), warmup=1, sync=sync)
-    print(f"  baseline image policy small: {1e3 / ms:7.2f} steps/s ({ms:.1f} ms/step, {ms / ref:.2f} x ref)")
+    ms, ref_ms, ratio = ref.measure(baseline_step, max(3, args.train_steps // 2), warmup=1)
+    print(f"  baseline image policy small: {1e3 / ms:7.2f} steps/s ({ms:.1f} ms/step, {ratio:.2f} x ref of "
+          f"{ref_ms:.1f} ms)")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Conditioning:
   every block. Why cross-attention and not prefix tokens: the action chunk is short (8-10 tokens) while the
   condition set is several times longer, so cross-attention keeps self-attention and the MLPs on the action tokens
   only (per-block cost O(Ha*N) instead of O((Ha+N)^2) plus N extra MLP rows, 10 times per sample), and the
-  condition is projected once per `sample` call instead of being re-processed at every denoising step. The
-  benchmark measures both (`cond_attention="prefix"` is kept as an option for comparison).
+  condition, including every block's cross-attention keys/values, is projected once per `sample` call instead of
+  at every denoising step. benchmarks/bench_adapter.py measures both (`cond_attention="prefix"` is kept as an
+  option): prefix conditioning was ~1.5x slower per sample at `small` and `paper` on this CPU.
 - the global condition vector [B, Dg] (instruction embedding, with the proprio state concatenated when present)
   is embedded by an MLP and added to the diffusion timestep embedding; the sum drives adaLN-Zero modulation of
   every block (DiT, Peebles & Xie 2023): per-block shift/scale/gate from a zero-initialised linear layer, so each
@@ -115,9 +116,10 @@ class DiTBlock(nn.Module):
         )
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, tokens: Tensor, cond_emb: Tensor, context_kv: tuple[Tensor, Tensor] | None) -> Tensor:
-        """tokens [B, T, D], cond_emb [B, D] (timestep + global condition), context_kv from cross_attn.project_kv."""
-        shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond_emb).unsqueeze(1).chunk(6, -1)
+    def forward(self, tokens: Tensor, modulation: Tensor, context_kv: tuple[Tensor, Tensor] | None) -> Tensor:
+        """tokens [B, T, D]; modulation [B, 6D] = self.modulation(timestep + global condition embedding);
+        context_kv from cross_attn.project_kv (None in prefix mode)."""
+        shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = modulation.unsqueeze(1).chunk(6, -1)
         tokens = tokens + gate_sa * self.self_attn(_modulate(self.norm_self(tokens), shift_sa, scale_sa))
         if self.cross_attn is not None:
             tokens = tokens + self.cross_attn(self.norm_cross(tokens), context_kv)
@@ -131,8 +133,9 @@ class FinalLayer(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.out = nn.Linear(dim, out_dim)
 
-    def forward(self, tokens: Tensor, cond_emb: Tensor) -> Tensor:
-        shift, scale = self.modulation(cond_emb).unsqueeze(1).chunk(2, -1)
+    def forward(self, tokens: Tensor, modulation: Tensor) -> Tensor:
+        """tokens [B, T, D]; modulation [B, 2D] = self.modulation(condition embedding)."""
+        shift, scale = modulation.unsqueeze(1).chunk(2, -1)
         return self.out(_modulate(self.norm(tokens), shift, scale))
 
 
@@ -230,20 +233,24 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
             return context
         return [block.cross_attn.project_kv(context) for block in self.blocks]
 
-    def _denoise(self, noisy_actions: Tensor, timesteps: Tensor, context_kv: list[tuple[Tensor, Tensor]] | Tensor,
-                 global_cond: Tensor | None) -> Tensor:
+    def _modulations(self, timesteps: Tensor, global_cond: Tensor | None) -> list[Tensor]:
+        """adaLN parameters of every block and of the final layer for `timesteps` [B] -> [[B, 6D]] * depth + [[B, 2D]]."""
+        cond_emb = self._cond_embedding(timesteps, global_cond, self.action_pos.dtype)
+        return [block.modulation(cond_emb) for block in self.blocks] + [self.final.modulation(cond_emb)]
+
+    def _denoise(self, noisy_actions: Tensor, modulations: list[Tensor],
+                 context_kv: list[tuple[Tensor, Tensor]] | Tensor) -> Tensor:
         tokens = self.action_in(noisy_actions) + self.action_pos  # [B, Ha, D]
-        cond_emb = self._cond_embedding(timesteps, global_cond, tokens.dtype)
         if self.config.cond_attention == "prefix":
             num_cond = context_kv.shape[1]
             tokens = torch.cat([context_kv, tokens], dim=1)
-            for block in self.blocks:
-                tokens = block(tokens, cond_emb, None)
+            for block, modulation in zip(self.blocks, modulations):
+                tokens = block(tokens, modulation, None)
             tokens = tokens[:, num_cond:]
         else:
-            for block, kv in zip(self.blocks, context_kv):
-                tokens = block(tokens, cond_emb, kv)
-        return self.final(tokens, cond_emb)
+            for block, modulation, kv in zip(self.blocks, modulations, context_kv):
+                tokens = block(tokens, modulation, kv)
+        return self.final(tokens, modulations[-1])
 
     def forward(self, noisy_actions: Tensor, timesteps: Tensor, cond_tokens: Tensor,
                 global_cond: Tensor | None = None) -> Tensor:
@@ -252,7 +259,8 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
         self._check_cond(cond_tokens, global_cond)
         _check_shape("noisy_actions", noisy_actions, (cond_tokens.shape[0], cfg.action_horizon, cfg.action_dim),
                      "action_horizon, action_dim")
-        return self._denoise(noisy_actions, timesteps, self._context_kv(self.encode_condition(cond_tokens)), global_cond)
+        context_kv = self._context_kv(self.encode_condition(cond_tokens))
+        return self._denoise(noisy_actions, self._modulations(timesteps, global_cond), context_kv)
 
     # ---- training -----------------------------------------------------------------------------------------
     def loss(self, actions: Tensor, action_mask: Tensor, cond_tokens: Tensor, global_cond: Tensor | None = None,
@@ -281,7 +289,8 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
             target = actions
         else:
             target = self.noise_scheduler.get_velocity(actions, noise, timesteps)
-        prediction = self._denoise(noisy, timesteps, self._context_kv(self.encode_condition(cond_tokens)), global_cond)
+        context_kv = self._context_kv(self.encode_condition(cond_tokens))
+        prediction = self._denoise(noisy, self._modulations(timesteps, global_cond), context_kv)
         per_step = (prediction.float() - target.float()).pow(2).mean(dim=-1)  # [B, Ha]
         weight = action_mask.float()
         return {"loss": (per_step * weight).sum() / weight.sum().clamp(min=1.0)}
@@ -304,13 +313,20 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
         context = self.encode_condition(cond_tokens)
         context_kv = self._context_kv(context)  # the condition's keys/values, shared by all denoising steps
         self.sampler.set_timesteps(steps, device=cond_tokens.device)
+        # The timestep grid is known in advance, so every step's adaLN parameters come from one batched pass:
+        # at batch 1 the adapter is bound by reading weights, and the modulation layers hold ~30% of them.
+        timesteps = self.sampler.timesteps
+        all_steps = self._modulations(
+            timesteps.repeat_interleave(batch), None if global_cond is None else global_cond.repeat(len(timesteps), 1)
+        )
+        per_step = [[m.unflatten(0, (len(timesteps), batch))[i] for m in all_steps] for i in range(len(timesteps))]
         # the sampler's state stays float32 even under bf16 autocast (only the network runs in low precision)
         actions = randn_tensor((batch, cfg.action_horizon, cfg.action_dim), generator=generator,
                                device=cond_tokens.device, dtype=torch.float32)
         actions = actions * self.sampler.init_noise_sigma
-        for t in self.sampler.timesteps:
+        for t, modulations in zip(timesteps, per_step):
             model_input = self.sampler.scale_model_input(actions, t)
-            prediction = self._denoise(model_input, t.expand(batch), context_kv, global_cond).float()
+            prediction = self._denoise(model_input, modulations, context_kv).float()
             actions = self.sampler.step(prediction, t, actions).prev_sample
         if cfg.clip_sample:
             actions = actions.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
