@@ -167,8 +167,13 @@ def rollout(env: Any, episode_seed: int, cfg: MetaWorldGenConfig) -> tuple[bool,
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(cfg_dict: dict[str, Any], out: str) -> None:
+def _worker_init(cfg_dict: dict[str, Any], out: str, pool: bool = False) -> None:
     from defi.config import from_dict
+
+    if pool:
+        # Software GL (llvmpipe) starts one raster thread per core in every process; with one worker per core
+        # those threads only contend, so each worker rasterises on its own thread (a user setting wins).
+        os.environ.setdefault("LP_NUM_THREADS", "1")
 
     cfg = from_dict(MetaWorldGenConfig, cfg_dict)
     _WORKER.update(cfg=cfg, store=None, out=Path(out), env=None, task=None)
@@ -275,7 +280,7 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
         elif todo:
             # spawn, not fork: each worker opens its own GL context, which must not be inherited half-made.
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg_dict, str(cfg.out))) as pool:
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg_dict, str(cfg.out), True)) as pool:
                 for result in pool.imap_unordered(_run_slot, todo, chunksize=1):
                     record(result)
     finally:
