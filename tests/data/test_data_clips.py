@@ -111,6 +111,14 @@ def test_mixture_proportions_and_stats(mw_store, video_store):
     assert mix.expected_proportions() == {mix.names[0]: 0.25, mix.names[1]: 0.75}
     realised = mix.realised_proportions(mix.sample_indices(8000, seed=0))
     assert abs(realised[mix.names[0]] - 0.25) < 0.02 and abs(realised[mix.names[1]] - 0.75) < 0.02
+    # the trainer's sampler honours sample_weights the same way
+    from itertools import islice
+
+    from defi.train.trainer import ResumableBatchSampler
+
+    sampler = ResumableBatchSampler(len(mix), batch_size=100, seed=0, weights=mix.sample_weights)
+    drawn = [i for batch in islice(iter(sampler), 60) for i in batch]
+    assert abs(mix.realised_proportions(drawn)[mix.names[1]] - 0.75) < 0.03
     # action statistics come from the labeled source only
     torch.testing.assert_close(mix.action_stats["mean"], robot.action_stats["mean"])
     item = mix[len(robot)]
@@ -126,11 +134,10 @@ def test_mixture_proportions_and_stats(mw_store, video_store):
 def test_data_config_validation():
     with pytest.raises(ConfigError, match="interval_s"):
         from_dict(DataConfig, {"interval_s": 0.0})
-    # (sources from JSON go through defi.config's tuple coercion, which swaps value and type on main today;
-    # built in Python they validate here)
-    validate_config(DataConfig(sources=[("a", 2.0), ("b", 1.0)]))
+    cfg = from_dict(DataConfig, {"sources": [["a", 2.0], ["b", 1.0]]})
+    assert cfg.sources == [("a", 2.0), ("b", 1.0)]
     with pytest.raises(ConfigError, match="sources"):
-        validate_config(DataConfig(sources=[("a", -1.0)]))
+        from_dict(DataConfig, {"sources": [["a", -1.0]]})
     assert set(DATA_PRESETS) == {"tiny", "small", "paper"}
     for preset in DATA_PRESETS.values():
         validate_config(preset())
