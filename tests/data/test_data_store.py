@@ -36,6 +36,14 @@ def test_corrupt_and_truncated_chunks_are_named(store_copy):
         EpisodeStore.open(store_copy).read(0, "observation.images.corner", [16, 20])
 
 
+def test_missing_chunk_is_named(store_copy):
+    store, chunk = _chunk_file(store_copy)
+    chunk.unlink()
+    with pytest.raises(DefiError, match=r"c/1/0/0/0: missing chunk of 'observation.images.corner'"):
+        store.read(0, "observation.images.corner", [16])
+    store.read(0, "observation.images.corner", [0, 15])  # other chunks still read
+
+
 def test_missing_metadata(store_copy):
     (store_copy / "meta" / "episodes.jsonl").unlink()
     with pytest.raises(DefiError, match=r"episodes.jsonl: missing episode index"):

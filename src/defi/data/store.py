@@ -298,6 +298,12 @@ class EpisodeStore:
         data = self.cache.get(cache_key)
         if data is None:
             arr = self._array(episode, key)
+            # zarr reads a missing chunk file as its fill value (zeros); a store never has one, so say so.
+            chunk_file = self.episode_path(self.episodes[episode]["key"]) / key / "c" / "/".join(
+                [str(chunk)] + ["0"] * (arr.ndim - 1)
+            )
+            if not chunk_file.is_file():
+                raise DefiError(f"{chunk_file}: missing chunk of {key!r} (a damaged store: regenerate the episode)")
             try:
                 data = np.asarray(arr[chunk * chunk_frames : (chunk + 1) * chunk_frames])
             except Exception as err:  # the codec raises its own types for a corrupt or truncated chunk
