@@ -205,3 +205,14 @@ def test_presets_are_valid_and_paper_matches_table_10():
             DiTActionAdapter(cfg)
     paper = ADAPTER_PRESETS["paper"]()
     assert (paper.dim, paper.depth, paper.heads, paper.num_sampling_steps, paper.action_dim) == (384, 12, 6, 10, 7)
+
+
+def test_bf16_autocast_keeps_the_sampler_in_float32():
+    # the trainer autocasts to bf16 where the device supports it; the loss and the sampler state stay float32
+    model = DiTActionAdapter(tiny_config())
+    actions, mask, cond, glob = make_batch(model.config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(actions, mask, cond, glob)["loss"]
+        chunk = model.sample(cond, glob, num_steps=2)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert chunk.dtype == torch.float32 and torch.isfinite(chunk).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -132,3 +133,29 @@ def test_bad_inputs_and_configs_are_user_errors():
         from_dict(ImageDiffusionPolicyConfig, data)
     with pytest.raises(ConfigError, match=r"encoder\.token_grid"):
         from_dict(ImageDiffusionPolicyConfig, {"encoder": {"token_grid": 0}})
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clip items shaped like defi.data's, with the instruction embedding the finetuning stage would add."""
+
+    def __init__(self, model: ImageDiffusionPolicyModel, n: int = 8):
+        self.batch = make_batch(model, batch=n, seed=1)
+
+    def __len__(self) -> int:
+        return len(self.batch["instruction"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {key: value[i] for key, value in self.batch.items()}
+
+
+def test_runs_under_the_shared_trainer_and_saves(tmp_path):
+    from defi.train.trainer import Trainer, TrainerConfig
+
+    model = make_model()
+    cfg = TrainerConfig(max_steps=6, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=3, log_every=3,
+                        ema_decay=0.9, mixed_precision="no", progress=False)
+    result = Trainer(cfg, tmp_path / "run", model, ClipDataset(model)).fit()
+    assert result["step"] == 6 and math.isfinite(result["loss"])
+    model.save_pretrained(tmp_path / "run" / "model")
+    loaded = ImageDiffusionPolicyModel.from_pretrained(tmp_path / "run" / "model")
+    assert torch.equal(loaded.action_normalizer.max, torch.tensor(ACTION_STATS["max"]))

@@ -145,13 +145,16 @@ class ClipDataset(Dataset):
         future = t + self.future_stride * np.arange(1, self.future_frames + 1)
         frames = np.concatenate([[t, min(t + self.goal_offset, last)], np.minimum(future, last)])
         views = [self.store.read(episode, key, frames) for key in self.camera_keys]  # each [N, h, w, 3]
-        video = torch.from_numpy(np.stack(views)).permute(0, 1, 4, 2, 3)  # v n c h w
-        v, n = video.shape[:2]
-        video = self._resize(video.reshape(v * n, *video.shape[2:])).reshape(v, n, 3, *self.image_size)
+        # Layout changes in numpy: single-threaded copies of a few KiB (torch's would use its thread pool).
+        video = np.stack(views).transpose(0, 1, 4, 2, 3)  # v n c h w
+        if tuple(video.shape[-2:]) != self.image_size:
+            v, n = video.shape[:2]
+            resized = self._resize(torch.from_numpy(np.ascontiguousarray(video)).reshape(v * n, *video.shape[2:]))
+            video = resized.reshape(v, n, 3, *self.image_size).numpy()
         item: dict[str, Any] = {
-            "images": video[:, 0].contiguous(),
-            "goal_images": video[:, 1].contiguous(),
-            "future_images": video[:, 2:].contiguous(),
+            "images": torch.from_numpy(np.ascontiguousarray(video[:, 0])),
+            "goal_images": torch.from_numpy(np.ascontiguousarray(video[:, 1])),
+            "future_images": torch.from_numpy(np.ascontiguousarray(video[:, 2:])),
             "future_mask": torch.from_numpy(future <= last),
         }
         actions = torch.zeros(self.action_horizon, self.action_dim)

@@ -54,8 +54,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"cameras      {', '.join(s['cameras'])} at {s['image_size'][0]}x{s['image_size'][1]}",
         f"features     " + ", ".join(f"{k} {v}" for k, v in s["features"].items()),
         f"tasks        {len(s['tasks'])}: " + ", ".join(f"{k} ({v})" for k, v in s["tasks"].items()),
-        "success      " + ("n/a" if s["success_rate"] is None else f"{100 * s['success_rate']:.1f}% of kept episodes")
-        + f", {s['failed_expert_attempts']} failed expert attempts discarded",
+        "success      " + ("n/a (no success labels)" if s["success_rate"] is None else
+                            f"{100 * s['success_rate']:.1f}% of kept episodes; expert succeeded in "
+                            f"{s['episodes']} of {s['episodes'] + s['failed_expert_attempts']} attempts "
+                            f"({s['failed_expert_attempts']} failures discarded)"),
         f"disk         {s['disk_mb']:.1f} MiB",
     ]
     return "\n".join(lines)

@@ -150,6 +150,7 @@ class EpisodeStore:
         self.episodes = episodes
         self.cache = _ChunkCache(int(cache_mb * 2**20))
         self._arrays: dict[tuple[int, str], Any] = {}
+        self._chunk_frames: dict[str, int] = {}  # chunking is the same for a feature in every episode
         self._pid = os.getpid()
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -297,6 +298,12 @@ class EpisodeStore:
         data = self.cache.get(cache_key)
         if data is None:
             arr = self._array(episode, key)
+            # zarr reads a missing chunk file as its fill value (zeros); a store never has one, so say so.
+            chunk_file = self.episode_path(self.episodes[episode]["key"]) / key / "c" / "/".join(
+                [str(chunk)] + ["0"] * (arr.ndim - 1)
+            )
+            if not chunk_file.is_file():
+                raise DefiError(f"{chunk_file}: missing chunk of {key!r} (a damaged store: regenerate the episode)")
             try:
                 data = np.asarray(arr[chunk * chunk_frames : (chunk + 1) * chunk_frames])
             except Exception as err:  # the codec raises its own types for a corrupt or truncated chunk
@@ -312,15 +319,18 @@ class EpisodeStore:
         length = self.episodes[episode]["length"]
         frames = np.arange(length) if frames is None else np.asarray(frames, dtype=np.int64)
         arr = self._array(episode, key)
-        chunk_frames = int(arr.chunks[0])
+        chunk_frames = self._chunk_frames.get(key)
+        if chunk_frames is None:
+            chunk_frames = self._chunk_frames[key] = int(arr.chunks[0])
         chunk_ids = frames // chunk_frames
-        unique = np.unique(chunk_ids)
-        if len(unique) == 1:
-            return self._chunk(episode, key, int(unique[0]), chunk_frames)[frames - unique[0] * chunk_frames]
+        first, last = int(chunk_ids.min()), int(chunk_ids.max())
+        if first == last:
+            return self._chunk(episode, key, first, chunk_frames)[frames - first * chunk_frames]
         out = np.empty((len(frames), *arr.shape[1:]), dtype=arr.dtype)
-        for c in unique:
+        for c in range(first, last + 1):
             sel = chunk_ids == c
-            out[sel] = self._chunk(episode, key, int(c), chunk_frames)[frames[sel] - c * chunk_frames]
+            if sel.any():
+                out[sel] = self._chunk(episode, key, c, chunk_frames)[frames[sel] - c * chunk_frames]
         return out
 
     def has_feature(self, key: str) -> bool:

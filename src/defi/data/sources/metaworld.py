@@ -22,6 +22,7 @@ from defi.config import Config, parse_cli
 from defi.errors import DefiError
 
 SOURCE = "metaworld"
+METAWORLD_FPS = 80.0  # Meta-World's control rate (MuJoCo timestep 0.0025 s x frame_skip 5); every worker checks it
 
 
 @dataclass
@@ -167,8 +168,13 @@ def rollout(env: Any, episode_seed: int, cfg: MetaWorldGenConfig) -> tuple[bool,
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(cfg_dict: dict[str, Any], out: str) -> None:
+def _worker_init(cfg_dict: dict[str, Any], out: str, pool: bool = False) -> None:
     from defi.config import from_dict
+
+    if pool:
+        # Software GL (llvmpipe) starts one raster thread per core in every process; with one worker per core
+        # those threads only contend, so each worker rasterises on its own thread (a user setting wins).
+        os.environ.setdefault("LP_NUM_THREADS", "1")
 
     cfg = from_dict(MetaWorldGenConfig, cfg_dict)
     _WORKER.update(cfg=cfg, store=None, out=Path(out), env=None, task=None)
@@ -181,9 +187,11 @@ def _worker_env(task: str) -> Any:
     if _WORKER["task"] != task:
         if _WORKER["env"] is not None:
             _WORKER["env"].close()
-        _WORKER["env"] = MetaWorldEnv(task, seed=cfg.seed, cameras=cfg.cameras, image_size=cfg.image_size,
-                                      max_episode_steps=cfg.max_steps)
+        _WORKER["env"] = env = MetaWorldEnv(task, seed=cfg.seed, cameras=cfg.cameras, image_size=cfg.image_size,
+                                            max_episode_steps=cfg.max_steps)
         _WORKER["task"] = task
+        if env.fps != METAWORLD_FPS:
+            raise DefiError(f"Meta-World task {task} runs at {env.fps} fps here, expected {METAWORLD_FPS}")
     return _WORKER["env"]
 
 
@@ -233,7 +241,7 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
 
     validate_config(cfg)
     tasks = resolve_tasks(cfg.tasks)
-    fps = 80.0  # Meta-World's control rate: MuJoCo timestep 0.0025 s x frame_skip 5; checked against the env below
+    fps = METAWORLD_FPS
     store = EpisodeStore.create(cfg.out, _store_info(cfg, fps))
     report = GenerationReport(out=Path(cfg.out))
     todo: list[tuple[str, int]] = []
@@ -265,9 +273,6 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
         if todo and workers <= 1:
             _worker_init(cfg_dict, str(cfg.out))
             try:
-                env = _worker_env(todo[0][0])
-                if env.fps != fps:
-                    raise DefiError(f"Meta-World runs at {env.fps} fps here, expected {fps}")
                 for item in todo:
                     record(_run_slot(item))
             finally:
@@ -275,7 +280,7 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
         elif todo:
             # spawn, not fork: each worker opens its own GL context, which must not be inherited half-made.
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg_dict, str(cfg.out))) as pool:
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(cfg_dict, str(cfg.out), True)) as pool:
                 for result in pool.imap_unordered(_run_slot, todo, chunksize=1):
                     record(result)
     finally:

@@ -7,8 +7,9 @@ Conditioning:
   every block. Why cross-attention and not prefix tokens: the action chunk is short (8-10 tokens) while the
   condition set is several times longer, so cross-attention keeps self-attention and the MLPs on the action tokens
   only (per-block cost O(Ha*N) instead of O((Ha+N)^2) plus N extra MLP rows, 10 times per sample), and the
-  condition is projected once per `sample` call instead of being re-processed at every denoising step. The
-  benchmark measures both (`cond_attention="prefix"` is kept as an option for comparison).
+  condition, including every block's cross-attention keys/values, is projected once per `sample` call instead of
+  at every denoising step. benchmarks/bench_adapter.py measures both (`cond_attention="prefix"` is kept as an
+  option): prefix conditioning was ~1.5x slower per sample at `small` and `paper` on this CPU.
 - the global condition vector [B, Dg] (instruction embedding, with the proprio state concatenated when present)
   is embedded by an MLP and added to the diffusion timestep embedding; the sum drives adaLN-Zero modulation of
   every block (DiT, Peebles & Xie 2023): per-block shift/scale/gate from a zero-initialised linear layer, so each
@@ -28,9 +29,11 @@ Typical use by a policy:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.utils.torch_utils import randn_tensor
+from einops import rearrange
 from torch import Tensor, nn
 
 from defi.config import validate_config
@@ -66,15 +69,46 @@ def pad_masked_actions(actions: Tensor, action_mask: Tensor) -> Tensor:
     return torch.where((last_valid >= 0).unsqueeze(-1), gathered, torch.zeros_like(actions))
 
 
+class Attention(nn.Module):
+    """Multi-head attention over [B, T, D] tokens (self-attention, or cross-attention to a context).
+
+    Hand-written (on torch's scaled_dot_product_attention) rather than nn.MultiheadAttention so that the keys and
+    values of the condition tokens, which stay the same through the 10 denoising steps, can be projected once per
+    `sample` call (`project_kv`) instead of once per step.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """context [B, N, D] -> keys, values [B, heads, N, D / heads]."""
+        keys, values = self.to_kv(context).chunk(2, dim=-1)
+        split = "b n (h d) -> b h n d"
+        return rearrange(keys, split, h=self.heads), rearrange(values, split, h=self.heads)
+
+    def forward(self, tokens: Tensor, kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """tokens [B, T, D] attend to themselves, or to precomputed `kv` from `project_kv`."""
+        keys, values = self.project_kv(tokens) if kv is None else kv
+        queries = rearrange(self.to_q(tokens), "b t (h d) -> b h t d", h=self.heads)
+        dropout = self.dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout)
+        return self.out(rearrange(attended, "b h t d -> b t (h d)"))
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero self-attention block, with an optional cross-attention to the condition tokens (as in PixArt)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, cross_attention: bool):
         super().__init__()
         self.norm_self = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(dim, heads, dropout)
         self.norm_cross = nn.LayerNorm(dim, eps=1e-6) if cross_attention else None
-        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if cross_attention else None
+        self.cross_attn = Attention(dim, heads, dropout) if cross_attention else None
         self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -82,16 +116,14 @@ class DiTBlock(nn.Module):
         )
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, tokens: Tensor, cond_emb: Tensor, context: Tensor | None) -> Tensor:
-        """tokens [B, T, D], cond_emb [B, D] (timestep + global condition), context [B, N, D] or None."""
-        shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond_emb).unsqueeze(1).chunk(6, -1)
-        h = _modulate(self.norm_self(tokens), shift_sa, scale_sa)
-        tokens = tokens + gate_sa * self.self_attn(h, h, h, need_weights=False)[0]
+    def forward(self, tokens: Tensor, modulation: Tensor, context_kv: tuple[Tensor, Tensor] | None) -> Tensor:
+        """tokens [B, T, D]; modulation [B, 6D] = self.modulation(timestep + global condition embedding);
+        context_kv from cross_attn.project_kv (None in prefix mode)."""
+        shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = modulation.unsqueeze(1).chunk(6, -1)
+        tokens = tokens + gate_sa * self.self_attn(_modulate(self.norm_self(tokens), shift_sa, scale_sa))
         if self.cross_attn is not None:
-            h = self.norm_cross(tokens)
-            tokens = tokens + self.cross_attn(h, context, context, need_weights=False)[0]
-        h = _modulate(self.norm_mlp(tokens), shift_mlp, scale_mlp)
-        return tokens + gate_mlp * self.mlp(h)
+            tokens = tokens + self.cross_attn(self.norm_cross(tokens), context_kv)
+        return tokens + gate_mlp * self.mlp(_modulate(self.norm_mlp(tokens), shift_mlp, scale_mlp))
 
 
 class FinalLayer(nn.Module):
@@ -101,8 +133,9 @@ class FinalLayer(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.out = nn.Linear(dim, out_dim)
 
-    def forward(self, tokens: Tensor, cond_emb: Tensor) -> Tensor:
-        shift, scale = self.modulation(cond_emb).unsqueeze(1).chunk(2, -1)
+    def forward(self, tokens: Tensor, modulation: Tensor) -> Tensor:
+        """tokens [B, T, D]; modulation [B, 2D] = self.modulation(condition embedding)."""
+        shift, scale = modulation.unsqueeze(1).chunk(2, -1)
         return self.out(_modulate(self.norm(tokens), shift, scale))
 
 
@@ -167,8 +200,8 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
             nn.init.zeros_(block.modulation[-1].weight)
             nn.init.zeros_(block.modulation[-1].bias)
             if block.cross_attn is not None:
-                nn.init.zeros_(block.cross_attn.out_proj.weight)
-                nn.init.zeros_(block.cross_attn.out_proj.bias)
+                nn.init.zeros_(block.cross_attn.out.weight)
+                nn.init.zeros_(block.cross_attn.out.bias)
         for layer in (self.final.modulation[-1], self.final.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -194,19 +227,30 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
             emb = emb + self.global_embed(global_cond)
         return emb
 
-    def _denoise(self, noisy_actions: Tensor, timesteps: Tensor, context: Tensor, global_cond: Tensor | None) -> Tensor:
-        tokens = self.action_in(noisy_actions) + self.action_pos  # [B, Ha, D]
-        cond_emb = self._cond_embedding(timesteps, global_cond, tokens.dtype)
+    def _context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]] | Tensor:
+        """Per-block cross-attention keys/values of the context (cross mode), or the context itself (prefix)."""
         if self.config.cond_attention == "prefix":
-            num_cond = context.shape[1]
-            tokens = torch.cat([context, tokens], dim=1)
-            for block in self.blocks:
-                tokens = block(tokens, cond_emb, None)
+            return context
+        return [block.cross_attn.project_kv(context) for block in self.blocks]
+
+    def _modulations(self, timesteps: Tensor, global_cond: Tensor | None) -> list[Tensor]:
+        """adaLN parameters of every block and of the final layer for `timesteps` [B] -> [[B, 6D]] * depth + [[B, 2D]]."""
+        cond_emb = self._cond_embedding(timesteps, global_cond, self.action_pos.dtype)
+        return [block.modulation(cond_emb) for block in self.blocks] + [self.final.modulation(cond_emb)]
+
+    def _denoise(self, noisy_actions: Tensor, modulations: list[Tensor],
+                 context_kv: list[tuple[Tensor, Tensor]] | Tensor) -> Tensor:
+        tokens = self.action_in(noisy_actions) + self.action_pos  # [B, Ha, D]
+        if self.config.cond_attention == "prefix":
+            num_cond = context_kv.shape[1]
+            tokens = torch.cat([context_kv, tokens], dim=1)
+            for block, modulation in zip(self.blocks, modulations):
+                tokens = block(tokens, modulation, None)
             tokens = tokens[:, num_cond:]
         else:
-            for block in self.blocks:
-                tokens = block(tokens, cond_emb, context)
-        return self.final(tokens, cond_emb)
+            for block, modulation, kv in zip(self.blocks, modulations, context_kv):
+                tokens = block(tokens, modulation, kv)
+        return self.final(tokens, modulations[-1])
 
     def forward(self, noisy_actions: Tensor, timesteps: Tensor, cond_tokens: Tensor,
                 global_cond: Tensor | None = None) -> Tensor:
@@ -215,7 +259,8 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
         self._check_cond(cond_tokens, global_cond)
         _check_shape("noisy_actions", noisy_actions, (cond_tokens.shape[0], cfg.action_horizon, cfg.action_dim),
                      "action_horizon, action_dim")
-        return self._denoise(noisy_actions, timesteps, self.encode_condition(cond_tokens), global_cond)
+        context_kv = self._context_kv(self.encode_condition(cond_tokens))
+        return self._denoise(noisy_actions, self._modulations(timesteps, global_cond), context_kv)
 
     # ---- training -----------------------------------------------------------------------------------------
     def loss(self, actions: Tensor, action_mask: Tensor, cond_tokens: Tensor, global_cond: Tensor | None = None,
@@ -244,7 +289,8 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
             target = actions
         else:
             target = self.noise_scheduler.get_velocity(actions, noise, timesteps)
-        prediction = self._denoise(noisy, timesteps, self.encode_condition(cond_tokens), global_cond)
+        context_kv = self._context_kv(self.encode_condition(cond_tokens))
+        prediction = self._denoise(noisy, self._modulations(timesteps, global_cond), context_kv)
         per_step = (prediction.float() - target.float()).pow(2).mean(dim=-1)  # [B, Ha]
         weight = action_mask.float()
         return {"loss": (per_step * weight).sum() / weight.sum().clamp(min=1.0)}
@@ -265,13 +311,22 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
             raise ConfigError(f"num_steps={steps}: expected an integer in [1, {cfg.num_train_timesteps}]")
         batch = cond_tokens.shape[0]
         context = self.encode_condition(cond_tokens)
+        context_kv = self._context_kv(context)  # the condition's keys/values, shared by all denoising steps
         self.sampler.set_timesteps(steps, device=cond_tokens.device)
+        # The timestep grid is known in advance, so every step's adaLN parameters come from one batched pass:
+        # at batch 1 the adapter is bound by reading weights, and the modulation layers hold ~30% of them.
+        timesteps = self.sampler.timesteps
+        all_steps = self._modulations(
+            timesteps.repeat_interleave(batch), None if global_cond is None else global_cond.repeat(len(timesteps), 1)
+        )
+        per_step = [[m.unflatten(0, (len(timesteps), batch))[i] for m in all_steps] for i in range(len(timesteps))]
+        # the sampler's state stays float32 even under bf16 autocast (only the network runs in low precision)
         actions = randn_tensor((batch, cfg.action_horizon, cfg.action_dim), generator=generator,
-                               device=cond_tokens.device, dtype=context.dtype)
+                               device=cond_tokens.device, dtype=torch.float32)
         actions = actions * self.sampler.init_noise_sigma
-        for t in self.sampler.timesteps:
+        for t, modulations in zip(timesteps, per_step):
             model_input = self.sampler.scale_model_input(actions, t)
-            prediction = self._denoise(model_input, t.expand(batch), context, global_cond)
+            prediction = self._denoise(model_input, modulations, context_kv).float()
             actions = self.sampler.step(prediction, t, actions).prev_sample
         if cfg.clip_sample:
             actions = actions.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)

@@ -1,0 +1,60 @@
+"""Meta-World generation speed: frames/s at 64x64, one camera, 1 worker process vs 2 (one per core).
+
+Target (issue 3): >= 350 frames/s with 2 workers on an idle 2-core machine. Both figures come from the same run
+on the same episodes, so their ratio is meaningful even when the machine is shared; the load average is printed.
+
+    MUJOCO_GL=egl python benchmarks/bench_data_generation.py --tasks reach,push,button-press,drawer-close --episodes 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def run(tasks: str, episodes: int, workers: int, cameras: tuple[str, ...], size: int, root: Path) -> tuple[float, int, float]:
+    from defi.data.sources.metaworld import MetaWorldGenConfig, generate_metaworld
+
+    out = root / f"w{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = MetaWorldGenConfig(out=out, tasks=tasks, episodes_per_task=episodes, cameras=cameras, image_size=size,
+                             workers=workers, progress=False)
+    start = time.perf_counter()
+    report = generate_metaworld(cfg)
+    wall = time.perf_counter() - start
+    return report.frames / wall, report.frames, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="reach,push,button-press,drawer-close")
+    parser.add_argument("--episodes", type=int, default=4, help="episodes per task")
+    parser.add_argument("--cameras", default="corner")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare (the first is the baseline)")
+    args = parser.parse_args()
+    cameras = tuple(c for c in args.cameras.split(",") if c)
+    counts = [int(w) for w in args.workers.split(",")]
+    print(f"cpu cores {os.cpu_count()}, load average before {os.getloadavg()[0]:.2f}, "
+          f"{args.tasks} x {args.episodes} episodes, cameras {cameras}, {args.size}x{args.size}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in counts:
+            fps, frames, wall = run(args.tasks, args.episodes, workers, cameras, args.size, Path(tmp))
+            results[workers] = fps
+            print(f"workers={workers}: {frames} frames in {wall:.1f} s (process start included) -> "
+                  f"{fps:.1f} frames/s; load average {os.getloadavg()[0]:.2f}")
+    base = counts[0]
+    for workers in counts[1:]:
+        print(f"speed-up {workers} vs {base} workers: {results[workers] / results[base]:.2f}x")
+    print(f"target >= 350 frames/s with 2 workers on an idle machine: best here {max(results.values()):.1f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
