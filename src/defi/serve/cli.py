@@ -10,7 +10,7 @@ from typing import Annotated
 
 import tyro
 
-from defi.policies import load_policy, resolve_device
+from defi.policies import load_policy
 from defi.serve.server import PolicyServer, ServeConfig
 
 API_KEY_ENV = "DEFI_API_KEY"
@@ -24,9 +24,7 @@ class ServeCommand(ServeConfig):
 
 def build_server(checkpoint: str | Path, config: ServeConfig) -> PolicyServer:
     """Load the policy on its device and wrap it in a server (not started yet)."""
-    device = resolve_device(config.device)
-    policy = load_policy(checkpoint, device=device)
-    return PolicyServer(policy, config, device=device)
+    return PolicyServer(load_policy(checkpoint, device=config.device), config)
 
 
 def serve_main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ a size check before sending, and errors that say what went wrong. It needs only 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,8 @@ class PolicyClient:
             self.url += f":{port}"
         self.reply_timeout_s = reply_timeout_s
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
-        self._ws = self._connect(headers, connect_timeout_s)
+        self._stack = ExitStack()
+        self._ws = self._stack.enter_context(self._connect(headers, connect_timeout_s))
         self.metadata: dict[str, Any] = self._receive("metadata")
         limit = self.metadata.get("server", {}).get("max_message_bytes")
         self.max_message_bytes: int | None = int(limit) if limit else None
@@ -101,7 +103,7 @@ class PolicyClient:
                                     "is it a defi server?")
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> PolicyClient:
         return self

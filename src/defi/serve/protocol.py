@@ -84,11 +84,12 @@ def _decode(obj: dict) -> Any:
                                f"{math.prod(shape) * dtype.itemsize} bytes, got {len(data)}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     if b"__npgeneric__" in obj:
-        dtype = _checked_dtype(obj.get(b"dtype"))
-        try:
-            return dtype.type(obj.get(b"data"))
-        except (TypeError, ValueError, OverflowError):
-            raise RequestError(f"numpy scalar {obj.get(b'data')!r} does not fit dtype {dtype}") from None
+        dtype, value = _checked_dtype(obj.get(b"dtype")), obj.get(b"data")
+        fits = isinstance(value, (bool, int, float)) and (
+            dtype.kind not in "iu" or (isinstance(value, int) and np.iinfo(dtype).min <= value <= np.iinfo(dtype).max))
+        if not fits:
+            raise RequestError(f"numpy scalar {value!r} does not fit dtype {dtype}")
+        return dtype.type(value)
     return obj
 
 

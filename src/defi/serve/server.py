@@ -177,8 +177,9 @@ class PolicyServer:
         peer = ws.remote_address
         logger.info("connection from %s opened", peer)
         try:
-            session = await loop.run_in_executor(self._executor, fork_policy, self.policy)
             await ws.send(self._metadata_frame)
+            # not on the inference thread: a new robot must not wait for others' inference to get connected
+            session = await loop.run_in_executor(None, fork_policy, self.policy)
             prev_total_s = None
             while True:
                 message = await ws.recv()
