@@ -69,8 +69,8 @@ class ServeConfig(Config):
     device: str = "auto"  # "auto" = cuda when present, else cpu
     open_timeout_s: float = 10.0  # a client must finish the websocket handshake within this time
     ping_interval_s: float = 20.0  # keepalive pings; a peer silent for ping_timeout_s after one is dropped (0: off)
-    ping_timeout_s: float = 20.0
-    close_timeout_s: float = 5.0
+    ping_timeout_s: float = 20.0  # how long to wait for the pong before dropping the peer
+    close_timeout_s: float = 5.0  # how long to wait for the peer's close frame before cutting the TCP connection
 
     def validate(self) -> None:
         self.check(0 <= self.port <= 65535, "port", "0..65535 (0 picks a free port)")
