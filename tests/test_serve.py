@@ -107,8 +107,10 @@ class GatedPolicy:
 def gated():
     policy = GatedPolicy()
     with PolicyServer(policy, ServeConfig(**FAST)).start_in_thread() as thread:
-        yield thread, policy.shared
-        policy.shared["gate"].set()
+        try:
+            yield thread, policy.shared
+        finally:
+            policy.shared["gate"].set()  # never leave the inference thread blocked
 
 
 def health(port: int) -> int:

@@ -37,6 +37,7 @@ def serve_main(argv: list[str]) -> int:
         config.api_key = os.environ[API_KEY_ENV]
     config.validate()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # defi.serve logs each connection already
     server = build_server(cmd.checkpoint, config)
     print(f"defi serve: {server.metadata.get('policy_type', type(server.policy).__name__)} from {cmd.checkpoint} "
           f"on ws://{config.host}:{config.port} (device {server.metadata['server']['device']}, "

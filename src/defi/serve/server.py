@@ -102,6 +102,13 @@ def _policy_device(policy: Any) -> str:
     return "cpu"
 
 
+def _describe_close(ws: ServerConnection) -> str:
+    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+    parts = [f"{who} {int(frame.code)} {frame.reason}".strip() for who, frame in (("sent", sent), ("received", received))
+             if frame is not None]
+    return ", ".join(parts) or "dropped without a close frame"
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -230,7 +237,7 @@ class PolicyServer:
             pass
         finally:
             self.stats["open"] -= 1
-            logger.info("connection from %s closed", peer)
+            logger.info("connection from %s closed (%s)", peer, _describe_close(ws))
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
