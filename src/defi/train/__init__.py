@@ -1,0 +1,1 @@
+"""Training: one accelerate-based trainer and one small entry per stage."""
