@@ -16,7 +16,7 @@ import websockets
 from websockets.sync.client import ClientConnection, connect
 
 from defi.errors import DefiError
-from defi.serve.protocol import RESET_KEY, packb, unpackb
+from defi.serve.protocol import RESET_KEY, RequestError, packb, unpackb
 
 
 class PolicyServerError(DefiError):
@@ -76,7 +76,10 @@ class PolicyClient:
             raise PolicyServerError(f"{self.url} closed the connection ({_describe_close(err)})") from None
         if isinstance(reply, str):  # the server's error report
             raise PolicyServerError(f"{self.url}: {reply.strip()}")
-        return unpackb(reply)
+        try:
+            return unpackb(reply)
+        except RequestError as err:
+            raise PolicyServerError(f"{self.url} sent an unreadable {what}: {err}") from None
 
     def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send one raw request (openpi's `infer`): returns the reply dict ("actions", "server_timing")."""
@@ -93,7 +96,7 @@ class PolicyClient:
 
     def act(self, observation: dict[str, Any], instruction: str) -> np.ndarray:
         """The policy API over the wire: float32 [H, A] action chunk for this observation."""
-        return self.infer({**observation, "prompt": instruction})["actions"]
+        return np.array(self.infer({**observation, "prompt": instruction})["actions"])  # writable, unlike the frame
 
     def reset(self) -> None:
         """Start a new episode for this connection (other connections are not affected)."""

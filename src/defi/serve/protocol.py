@@ -213,8 +213,8 @@ def parse_request(message: Any, spec: RequestSpec) -> Request:
     for camera in cameras:
         key = IMAGE_PREFIX + camera
         if key not in flat:
-            raise RequestError(f"missing image {key!r}: the policy needs cameras {list(cameras)}, "
-                               f"the request has {sent}")
+            raise RequestError(f"missing image {key!r}: the policy needs cameras {list(cameras)}, the request has "
+                               f"cameras {sent} (all its keys: {sorted(flat)})")
         observation[key] = _check_image(key, flat[key], spec.image_hw)
 
     if STATE_KEY in flat:

@@ -194,6 +194,7 @@ class PolicyServer:
                 try:
                     if isinstance(message, str):
                         raise RequestError("expected a binary msgpack frame, got a text frame")
+                    # on the event loop (not the inference thread) so that bad requests are answered at once
                     request = parse_request(unpackb(message), self.spec)
                 except RequestError as err:
                     self.stats["bad_requests"] += 1
