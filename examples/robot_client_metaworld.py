@@ -4,9 +4,12 @@ The loop reads what the server's metadata asks for (cameras, image size), render
 the 39-dim state and the instruction, executes the returned action chunk (or its first --replan-every actions),
 and repeats. Nothing in it knows which policy runs on the other side.
 
-    # a server (any saved policy; here the scripted expert)
-    python -c "from defi.policies import *; ScriptedMetaWorldPolicy(ScriptedMetaWorldConfig('drawer-open-v3')).save_pretrained('runs/expert-drawer')"
-    defi serve runs/expert-drawer --port 8000
+    # a server for any saved policy; here the scripted expert, saved first
+    python - <<'EOF'
+    from defi.policies import ScriptedMetaWorldConfig, ScriptedMetaWorldPolicy
+    ScriptedMetaWorldPolicy(ScriptedMetaWorldConfig(task="drawer-open-v3")).save_pretrained("runs/expert")
+    EOF
+    defi serve runs/expert --port 8000
     # the robot
     MUJOCO_GL=egl python examples/robot_client_metaworld.py --port 8000 --task drawer-open-v3 --episodes 3
 

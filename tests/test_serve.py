@@ -202,8 +202,8 @@ BAD_REQUESTS = {
     "instruction-not-str": (_with("prompt", 5), "prompt: expected a string"),
     "prompt-task-disagree": (_with("task", "something else"), "'prompt' and 'task' disagree"),
     "missing-camera": (_without("observation/images/gripperPOV"),
-                       "missing image 'observation.images.gripperPOV'.*request has cameras \\['corner'\\] \\(all its keys: "
-                       "\\['observation.images.corner', 'observation.state', 'prompt'\\]\\)"),
+                       "missing image 'observation.images.gripperPOV'.*request has cameras \\['corner'\\] "
+                       "\\(all its keys: \\['observation.images.corner', 'observation.state', 'prompt'\\]\\)"),
     "image-float": (_with("observation/images/corner", np.zeros((64, 64, 3), np.float32)),
                     "observation.images.corner: dtype float32, expected uint8"),
     "image-chw": (_with("observation/images/corner", np.zeros((3, 64, 64), np.uint8)), "looks channel-first"),
@@ -495,7 +495,7 @@ def test_cli_serves_a_checkpoint_until_interrupted(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert f"on ws://127.0.0.1:{port}" in out and "auth on" in out
+    assert f"on ws://127.0.0.1:{port}" in out and "auth on" in out and "defi serve: stopped" in out
 
 
 def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):

@@ -42,8 +42,9 @@ def test_scripted_policy_round_trips_and_matches_the_expert(tmp_path):
     assert json.loads((tmp_path / "expert" / "config.json").read_text())["_type"] == "ScriptedMetaWorldConfig"
     loaded = load_policy(tmp_path / "expert", device="cpu")
     assert isinstance(loaded, ScriptedMetaWorldPolicy)
-    assert loaded.metadata == {"policy_type": "ScriptedMetaWorldPolicy", "task": "drawer-open-v3", "cameras": ["corner"],
-                               "image_size": [64, 64], "action_dim": 4, "action_horizon": 1, "state_dim": 39}
+    assert loaded.metadata == {"policy_type": "ScriptedMetaWorldPolicy", "task": "drawer-open-v3",
+                               "cameras": ["corner"], "image_size": [64, 64], "action_dim": 4, "action_horizon": 1,
+                               "state_dim": 39}
     env = gym.make("Meta-World/MT1", env_name="drawer-open-v3", seed=3)
     obs, _ = env.reset(seed=3)
     chunk = loaded.act({"observation.state": obs.astype(np.float32)}, "open the drawer")

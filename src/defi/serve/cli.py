@@ -43,4 +43,5 @@ def serve_main(argv: list[str]) -> int:
           f"on ws://{config.host}:{config.port} (device {server.metadata['server']['device']}, "
           f"auth {'on' if config.api_key else 'off'}); Ctrl-C stops", flush=True)
     server.run()
+    print("defi serve: stopped", flush=True)
     return 0

@@ -104,8 +104,8 @@ def _policy_device(policy: Any) -> str:
 
 def _describe_close(ws: ServerConnection) -> str:
     sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
-    parts = [f"{who} {int(frame.code)} {frame.reason}".strip() for who, frame in (("sent", sent), ("received", received))
-             if frame is not None]
+    frames = (("sent", sent), ("received", received))
+    parts = [f"{who} {int(frame.code)} {frame.reason}".strip() for who, frame in frames if frame is not None]
     return ", ".join(parts) or "dropped without a close frame"
 
 
