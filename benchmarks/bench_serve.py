@@ -155,12 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--requests", type=int, default=200, help="timed requests per configuration")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every row (median kept)")
     args = parser.parse_args(argv)
 
     requests = make_requests(args.requests, args.image_size)
     payload_kb = sum(v.nbytes for v in requests[0].values()) / 1024
     print(f"request: {len(CAMERAS)} cameras {args.image_size}x{args.image_size} uint8 + {STATE_DIM}-dim state "
-          f"({payload_kb:.0f} KiB); {args.requests} timed requests per row; server in its own process on loopback")
+          f"({payload_kb:.0f} KiB); {args.requests} timed requests per row and repeat; server in its own process on "
+          "loopback")
     header = f"{'policy':9s} {'mode':16s} {'p50 ms':>8s} {'p95 ms':>8s} {'req/s':>8s} {'act ms':>7s} " \
              f"{'wait ms':>8s} {'latency x':>10s} {'throughput x':>13s}"
     print(header)
@@ -168,25 +170,29 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     for kind in args.policies.split(","):
         policy = build_policy(kind, args.image_size)
-        before = bench_in_process(policy, requests, args.warmup)
         port_queue, stop = ctx.Queue(), ctx.Event()
         server = ctx.Process(target=_serve, args=(kind, args.image_size, port_queue, stop), daemon=True)
         server.start()
+        runs: dict[str, list[dict[str, float]]] = {"in-process act": [], "loopback x1": [], "loopback x8": []}
         try:
             port = port_queue.get(timeout=120)
-            rows = [(f"loopback x{clients}", bench_clients(port, requests, clients, args.warmup)) for clients in (1, 8)]
+            # the machine is shared: interleave the baseline with the server rows and keep each metric's median
+            for _ in range(args.repeats):
+                runs["in-process act"].append(bench_in_process(policy, requests, args.warmup))
+                for clients in (1, 8):
+                    runs[f"loopback x{clients}"].append(bench_clients(port, requests, clients, args.warmup))
         finally:
             stop.set()
             server.join(30)
-        after = bench_in_process(policy, requests, args.warmup)  # the machine is shared: bracket the server rows
-        base = {k: (before[k] + after[k]) / 2 for k in before}
-        rows = [("in-process act", base)] + rows
-        for mode, r in rows:
+        rows = {mode: {k: statistics.median(r[k] for r in results) for k in results[0]}
+                for mode, results in runs.items()}
+        base = rows["in-process act"]
+        for mode, r in rows.items():
             served = f"{r['infer_ms']:7.2f} {r['queue_ms']:8.2f}" if "infer_ms" in r else f"{'':7s} {'':8s}"
             print(f"{kind:9s} {mode:16s} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['throughput_hz']:8.1f} {served} "
                   f"{r['p50_ms'] / base['p50_ms']:10.2f} {r['throughput_hz'] / base['throughput_hz']:13.2f}")
-    print("in-process act: mean of runs before and after the server rows; act ms / wait ms: medians the server reports "
-          "(server_timing infer_ms / queue_ms);\nlatency x = p50 round trip / p50 in-process act; "
+    print(f"each figure: median over {args.repeats} interleaved repeats; act ms / wait ms: the server's own "
+          "server_timing (infer_ms / queue_ms) medians;\nlatency x = p50 round trip / p50 in-process act; "
           "throughput x = requests/s over loopback / in-process requests/s")
     return 0
 
