@@ -316,6 +316,26 @@ def test_reset_and_episode_state_are_per_connection():
         a.close(), b.close()
 
 
+class ChunkPolicy(CountingPolicy):
+    metadata = {"policy_type": "Chunk", "cameras": [], "action_dim": 2, "action_horizon": 4, "state_dim": 0}
+
+    def act(self, observation, instruction):
+        self.steps += 1
+        return np.arange(8, dtype=np.float32).reshape(4, 2) + 100 * self.steps
+
+
+def test_openpi_action_chunk_broker_steps_through_served_chunks():
+    from openpi_client.action_chunk_broker import ActionChunkBroker
+
+    with PolicyServer(ChunkPolicy(), ServeConfig(**FAST)).start_in_thread() as thread:
+        broker = ActionChunkBroker(WebsocketClientPolicy(host="127.0.0.1", port=thread.port), action_horizon=4)
+        steps = [broker.infer({"prompt": "x"})["actions"] for _ in range(6)]
+        np.testing.assert_array_equal(steps[0], [100, 101])
+        np.testing.assert_array_equal(steps[3], [106, 107])
+        np.testing.assert_array_equal(steps[4], [200, 201])  # a new chunk was requested after four steps
+        assert thread.server.stats["replies"] == 2
+
+
 # -------------------------------------------------------------------------------------------------- concurrency
 
 
