@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data info": ("defi.data.inspect:info_main", "Summarise an episode store."),
     "data preview": ("defi.data.inspect:preview_main", "Write a GIF of some episodes of a store."),
     "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
+    "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 
 
