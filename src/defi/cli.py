@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data info": ("defi.data.inspect:info_main", "Summarise an episode store."),
     "data preview": ("defi.data.inspect:preview_main", "Write a GIF of some episodes of a store."),
     "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
+    "finetune": ("defi.train.finetune:finetune_main", "Finetune the coupled DeFI policy (or a baseline) on demos."),
+    "eval": ("defi.eval.metaworld_eval:eval_main", "Evaluate a saved policy in closed loop on Meta-World."),
     "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 

@@ -32,6 +32,8 @@ CONFIG_NAME = "config.json"
 # config class name (the `_type` in config.json) -> "module:PolicyClass". One line per policy type.
 POLICY_TYPES: dict[str, str] = {
     "ScriptedMetaWorldConfig": "defi.policies:ScriptedMetaWorldPolicy",
+    "DeFIPolicyConfig": "defi.models.policy:DeFIPolicy",
+    "ImageDPPolicyConfig": "defi.models.baselines.policy:ImageDPPolicy",
 }
 
 

@@ -227,3 +227,24 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {task} | " + " | ".join(cell(rows[l]["per_task"][task]) for l in labels) + " |")
     lines.append("| **all** | " + " | ".join(cell(rows[l]["overall"]) for l in labels) + " |")
     return "\n".join(lines)
+
+
+@dataclass
+class EvalRunConfig(Config):
+    policy: Path = Path("runs/finetune/model")
+    """A saved policy directory (or a run directory holding model/)."""
+    out_dir: Path = Path("runs/eval")
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def eval_main(argv: list[str]) -> int:
+    from defi.config import parse_cli
+
+    presets = {"small": EvalRunConfig,
+               "mt10": lambda: EvalRunConfig(eval=EvalConfig(tasks=("MT10",), episodes_per_task=10))}
+    cfg = parse_cli(EvalRunConfig, argv, presets, prog="defi eval",
+                    description="Closed-loop Meta-World evaluation of a saved policy.")
+    metrics = evaluate(None, cfg.eval, cfg.out_dir, policy_dir=cfg.policy, label=str(cfg.policy))
+    print(format_table({str(cfg.policy): metrics}))
+    print(f"wrote {cfg.out_dir / 'metrics.json'}")
+    return 0

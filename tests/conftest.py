@@ -1,0 +1,21 @@
+"""Fixtures shared across test modules: a tiny labeled Meta-World store at 32x32 for the policy stages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+@pytest.fixture(scope="session")
+def policy_store(tmp_path_factory) -> Path:
+    from defi.data.sources.metaworld import MetaWorldGenConfig, generate_metaworld
+
+    out = tmp_path_factory.mktemp("policy-data") / "store"
+    report = generate_metaworld(MetaWorldGenConfig(out=out, tasks="reach", episodes_per_task=4, cameras=("corner",),
+                                                   image_size=32, seed=0, max_steps=120, workers=1, progress=False))
+    assert report.kept == 4, report.summary()
+    return out

@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from defi.config import replace
+from defi.data.config import data_tiny
+from defi.errors import DefiError
+from defi.policies import load_policy
+from defi.train.finetune import FinetuneConfig, finetune, preset_tiny
+
+
+def tiny(tmp_path, store, **changes) -> FinetuneConfig:
+    cfg = preset_tiny()
+    cfg = replace(cfg, run_dir=tmp_path / "run", data=replace(data_tiny(), sources=[(str(store), 1.0)], val_fraction=0.25))
+    return replace(cfg, **changes)
+
+
+@pytest.mark.parametrize("policy_type", ["defi", "image_dp"])
+def test_finetune_trains_saves_and_evaluates(tmp_path, policy_store, policy_type):
+    cfg = tiny(tmp_path, policy_store, policy_type=policy_type)
+    metrics = finetune(cfg)
+    run = cfg.run_dir
+    assert (run / "config.json").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert metrics["train"]["loss"] > 0 and "eval/val_action_mse" in metrics["train"]
+    ev = json.loads((run / "eval" / "metrics.json").read_text())
+    assert ev["overall"]["episodes"] == 1 and "pc_success" in ev["per_task"]["reach-v3"]
+    assert list((run / "eval" / "videos").glob("*.mp4"))
+    policy = load_policy(run)  # the saved policy comes back through the registry, normalisation included
+    assert policy.metadata["policy_type"] == policy_type
+
+
+def test_finetune_rejects_action_free_data_and_bad_runs(tmp_path, policy_store):
+    with pytest.raises(DefiError, match="expected a pretrain-fdm run directory"):
+        finetune(tiny(tmp_path, policy_store, fdm=str(tmp_path / "nothing")))
