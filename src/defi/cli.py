@@ -17,6 +17,7 @@ from defi.errors import DefiError
 # name -> ("module:function", one-line help). Two-word names ("data metaworld") form groups.
 COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("defi.utils.environment:env_main", "Print versions, device and mixed-precision support."),
+    "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 
 
