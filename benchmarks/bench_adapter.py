@@ -82,9 +82,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cond-tokens", type=int, default=48, help="condition tokens N (latent actions + Video Former)")
+    parser.add_argument("--cond-tokens", type=int, default=48,
+                        help="condition tokens N (latent actions + Video Former)")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--train-steps", type=int, default=7)
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time sample() for a few narrower/shallower adapters (to pick a CPU preset)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,6 +129,18 @@ def main() -> None:
         print(f"  -> {preset}: prefix / cross = {ratios[preset, 'prefix'] / ratios[preset, 'cross']:.2f}")
     print(f"  paper / small (cross) = {ratios['paper', 'cross'] / ratios['small', 'cross']:.2f}; paper Table 13 "
           f"reports {PAPER_ADAPTER_MS_4090} ms on an RTX 4090 (other hardware)")
+
+    if args.sweep:
+        cond_dim, global_dim = interface["small"]
+        cond = torch.randn(1, n, cond_dim, device=device)
+        glob = torch.randn(1, global_dim, device=device)
+        for dim, depth, heads, steps in ((256, 6, 4, 5), (256, 4, 4, 10), (192, 6, 3, 10), (192, 4, 3, 10),
+                                         (128, 4, 2, 10)):
+            adapter = build_adapter("small", cond_dim, n, global_dim, device, dim=dim, depth=depth, heads=heads)
+            adapter.eval()
+            ms, ref_ms, ratio = ref.measure(lambda: adapter.sample(cond, glob, num_steps=steps), args.repeats)
+            print(f"  sweep dim {dim} depth {depth} ({count(adapter) / 1e6:.2f} M), {steps:2d} steps: {ms:8.2f} ms  "
+                  f"({ratio:5.2f} x ref of {ref_ms:.1f} ms; {ms / POLICY_BUDGET_MS:6.1%} of budget)")
 
     base_cfg = IMAGE_POLICY_PRESETS["small"]()
     with torch.device(device):

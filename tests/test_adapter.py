@@ -62,7 +62,7 @@ def test_shapes(cond_attention, prediction_type):
 
 
 def test_no_global_condition():
-    cfg = dataclasses.replace(adapter_tiny()).with_interface(cond_dim=COND_DIM, num_cond_tokens=NUM_COND, global_cond_dim=0)
+    cfg = adapter_tiny().with_interface(cond_dim=COND_DIM, num_cond_tokens=NUM_COND, global_cond_dim=0)
     model = DiTActionAdapter(cfg)
     actions, mask, cond, _ = make_batch(cfg)
     assert torch.isfinite(model.loss(actions, mask, cond)["loss"])
@@ -182,7 +182,7 @@ def test_bad_config_dict_and_interface_conflicts_name_the_key():
     with pytest.raises(ConfigError, match="sampler"):
         from_dict(ActionAdapterConfig, {"sampler": "euler"})
     with pytest.raises(ConfigError, match="global_cond_dim"):
-        dataclasses.replace(tiny_config()).with_interface(cond_dim=COND_DIM, num_cond_tokens=NUM_COND, global_cond_dim=9)
+        tiny_config().with_interface(cond_dim=COND_DIM, num_cond_tokens=NUM_COND, global_cond_dim=9)
 
 
 def test_wrong_input_shapes_name_the_config_key():

@@ -212,10 +212,14 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
         _check_shape("cond_tokens", cond_tokens, (None, cfg.num_cond_tokens, cfg.cond_dim), "num_cond_tokens, cond_dim")
         if cfg.global_cond_dim > 0:
             if global_cond is None:
-                raise ConfigError(f"global_cond is missing: expected [B, {cfg.global_cond_dim}] (config key global_cond_dim)")
+                raise ConfigError(
+                    f"global_cond is missing: expected [B, {cfg.global_cond_dim}] (config key global_cond_dim)"
+                )
             _check_shape("global_cond", global_cond, (cond_tokens.shape[0], cfg.global_cond_dim), "global_cond_dim")
         elif global_cond is not None and global_cond.numel() > 0:
-            raise ConfigError(f"global_cond has shape {list(global_cond.shape)}: expected none (config key global_cond_dim=0)")
+            raise ConfigError(
+                f"global_cond has shape {list(global_cond.shape)}: expected none (config key global_cond_dim=0)"
+            )
 
     def encode_condition(self, cond_tokens: Tensor) -> Tensor:
         """Condition tokens [B, N, Dc] -> context [B, N, D] (done once per `sample` call)."""
@@ -234,7 +238,7 @@ class DiTActionAdapter(nn.Module, PretrainedMixin):
         return [block.cross_attn.project_kv(context) for block in self.blocks]
 
     def _modulations(self, timesteps: Tensor, global_cond: Tensor | None) -> list[Tensor]:
-        """adaLN parameters of every block and of the final layer for `timesteps` [B] -> [[B, 6D]] * depth + [[B, 2D]]."""
+        """adaLN parameters for `timesteps` [B]: [B, 6D] for every block, then [B, 2D] for the final layer."""
         cond_emb = self._cond_embedding(timesteps, global_cond, self.action_pos.dtype)
         return [block.modulation(cond_emb) for block in self.blocks] + [self.final.modulation(cond_emb)]
 

@@ -89,7 +89,9 @@ class ConvImageEncoder(nn.Module):
         super().__init__()
         self.config = config
         first = config.channels[0]
-        self.stem = nn.Sequential(nn.Conv2d(3, first, 3, stride=2, padding=1, bias=False), _group_norm(first), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, first, 3, stride=2, padding=1, bias=False), _group_norm(first), nn.ReLU()
+        )
         blocks = []
         in_channels = first
         for stage, channels in enumerate(config.channels):

@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from defi.config import Config, validate_config
 from defi.errors import ConfigError
-from defi.models.adapter import ActionAdapterConfig, ActionNormalizer, DiTActionAdapter, adapter_paper, adapter_small, adapter_tiny
+from defi.models.adapter import (
+    ActionAdapterConfig,
+    ActionNormalizer,
+    DiTActionAdapter,
+    adapter_paper,
+    adapter_small,
+    adapter_tiny,
+)
 from defi.models.base import PretrainedMixin
 from defi.models.baselines.image_encoder import ConvImageEncoder, ImageEncoderConfig
 
