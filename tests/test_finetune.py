@@ -15,8 +15,7 @@ def tiny(tmp_path, store, **changes) -> FinetuneConfig:
     return replace(cfg, **changes)
 
 
-@pytest.mark.parametrize("policy_type", ["defi", "image_dp"])
-def test_finetune_trains_saves_and_evaluates(tmp_path, policy_store, policy_type):
+def test_finetune_trains_saves_and_evaluates(tmp_path, policy_store, policy_type="defi"):
     cfg = tiny(tmp_path, policy_store, policy_type=policy_type)
     metrics = finetune(cfg)
     run = cfg.run_dir
@@ -32,3 +31,18 @@ def test_finetune_trains_saves_and_evaluates(tmp_path, policy_store, policy_type
 def test_finetune_rejects_action_free_data_and_bad_runs(tmp_path, policy_store):
     with pytest.raises(DefiError, match="expected a pretrain-fdm run directory"):
         finetune(tiny(tmp_path, policy_store, fdm=str(tmp_path / "nothing")))
+
+
+def test_compare_runs_variants_writes_report_and_reuses_finished_runs(tmp_path, policy_store, capsys):
+    from defi.eval.compare import CompareConfig, compare
+
+    cfg = CompareConfig(run_dir=tmp_path / "cmp", variants=("image_dp",), finetune=tiny(tmp_path, policy_store))
+    results = compare(cfg)
+    assert set(results) == {"image_dp"} and results["image_dp"]["overall"]["episodes"] == 1
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| reach-v3 |" in report and "image_dp" in report
+    capsys.readouterr()
+    compare(cfg)  # finished variants are reused, not retrained
+    assert "reusing" in capsys.readouterr().out
+    with pytest.raises(DefiError, match="needs --fdm and --idm"):
+        compare(CompareConfig(run_dir=tmp_path / "cmp2", variants=("defi",), finetune=tiny(tmp_path, policy_store)))

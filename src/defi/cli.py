@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
     "finetune": ("defi.train.finetune:finetune_main", "Finetune the coupled DeFI policy (or a baseline) on demos."),
     "eval": ("defi.eval.metaworld_eval:eval_main", "Evaluate a saved policy in closed loop on Meta-World."),
+    "compare": ("defi.eval.compare:compare_main", "Finetune + evaluate DeFI and both baselines on the same demos."),
     "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 
