@@ -89,11 +89,20 @@ class GenerationReport:
     failed_slots: list[str] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
+    first_result_s: float | None = None  # when the first episode came back (worker start-up and env build included)
+    frames_after_first: int = 0
     per_task: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def frames_per_s(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_frames_per_s(self) -> float:
+        """Frames per second after the first episode came back, i.e. without worker start-up."""
+        if self.first_result_s is None or self.seconds <= self.first_result_s:
+            return 0.0
+        return self.frames_after_first / (self.seconds - self.first_result_s)
 
     def summary(self) -> str:
         lines = [
@@ -258,6 +267,10 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
     bar = tqdm(total=len(todo), desc="episodes", unit="ep", disable=not cfg.progress)
 
     def record(result: dict[str, Any]) -> None:
+        if report.first_result_s is None:
+            report.first_result_s = time.perf_counter() - start
+        else:
+            report.frames_after_first += result["frames"]
         report.failed_attempts += result["failed"]
         report.per_task[result["task"]]["failed_attempts"] += result["failed"]
         if result["kept"]:
