@@ -150,7 +150,7 @@ class EpisodeStore:
         self.episodes = episodes
         self.cache = _ChunkCache(int(cache_mb * 2**20))
         self._arrays: dict[tuple[int, str], Any] = {}
-        self._chunk_frames: dict[str, int] = {}  # chunking is the same for a feature in every episode
+        self._chunk_frames: dict[tuple[int, str], int] = {}  # zarr's `chunks` property is slow to ask each time
         self._pid = os.getpid()
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -319,9 +319,9 @@ class EpisodeStore:
         length = self.episodes[episode]["length"]
         frames = np.arange(length) if frames is None else np.asarray(frames, dtype=np.int64)
         arr = self._array(episode, key)
-        chunk_frames = self._chunk_frames.get(key)
+        chunk_frames = self._chunk_frames.get((episode, key))
         if chunk_frames is None:
-            chunk_frames = self._chunk_frames[key] = int(arr.chunks[0])
+            chunk_frames = self._chunk_frames[(episode, key)] = int(arr.chunks[0])
         chunk_ids = frames // chunk_frames
         first, last = int(chunk_ids.min()), int(chunk_ids.max())
         if first == last:
