@@ -74,7 +74,8 @@ def _preset_small() -> MetaWorldGenConfig:
 
 
 def _preset_paper() -> MetaWorldGenConfig:
-    return MetaWorldGenConfig(out=Path("data/metaworld-mt50"), tasks="MT50", episodes_per_task=100)
+    # 256x256 frames feed the paper-scale forward model (SVD at 256x256) without upsampling.
+    return MetaWorldGenConfig(out=Path("data/metaworld-mt50"), tasks="MT50", episodes_per_task=100, image_size=256)
 
 
 PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper}
