@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data videos": ("defi.data.sources.videos:videos_main", "Ingest a folder of captioned videos (action-free)."),
     "data info": ("defi.data.inspect:info_main", "Summarise an episode store."),
     "data preview": ("defi.data.inspect:preview_main", "Write a GIF of some episodes of a store."),
+    "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 
 
