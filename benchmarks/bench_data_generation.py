@@ -31,6 +31,34 @@ def run(tasks: str, episodes: int, workers: int, cameras: tuple[str, ...], size:
     return report.frames / wall, report.frames, wall, report.steady_frames_per_s, report.first_result_s
 
 
+def breakdown(task: str, cameras: tuple[str, ...], size: int, steps: int = 200) -> dict[str, float]:
+    """Milliseconds per frame spent in physics, the scripted expert and rendering (one process)."""
+    import numpy as np
+
+    from defi.envs.metaworld import MetaWorldEnv
+
+    env = MetaWorldEnv(task, seed=0, cameras=cameras, image_size=size)
+    times = {"physics": 0.0, "expert": 0.0, "render": 0.0}
+    try:
+        env.reset(seed=1)
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            action = env.expert_action()
+            t1 = time.perf_counter()
+            env._raw_obs, *_ = env._env.step(np.asarray(action, dtype=np.float32))
+            t2 = time.perf_counter()
+            env.render()
+            t3 = time.perf_counter()
+            times["expert"] += t1 - t0
+            times["physics"] += t2 - t1
+            times["render"] += t3 - t2
+            if env._env.curr_path_length >= env.max_episode_steps - 1:
+                env.reset(seed=2)
+    finally:
+        env.close()
+    return {k: 1000 * v / steps for k, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="reach,push,button-press,drawer-close")
@@ -43,6 +71,10 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
     print(f"cpu cores {os.cpu_count()}, load average before {os.getloadavg()[0]:.2f}, "
           f"{args.tasks} x {args.episodes} episodes, cameras {cameras}, {args.size}x{args.size}")
+    ms = breakdown(args.tasks.split(",")[0] if not args.tasks.upper().startswith("MT") else "push", cameras, args.size)
+    total = sum(ms.values())
+    print("per frame, one process: " + ", ".join(f"{k} {v:.2f} ms ({100 * v / total:.0f}%)" for k, v in ms.items())
+          + f" -> {1000 / total:.0f} frames/s without storage")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in counts:
