@@ -65,10 +65,11 @@ class StoreInfo:
     total_frames: int = 0
     total_tasks: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    """Source settings that every episode must share (e.g. the generator's seed and action noise)."""
 
     def compatible_with(self, other: StoreInfo) -> list[str]:
         """Names of the fields that differ in a way that would mix incompatible episodes."""
-        keys = ("fps", "cameras", "image_size", "has_actions", "source", "embodiment")
+        keys = ("fps", "cameras", "image_size", "has_actions", "source", "embodiment", "extra")
         return [k for k in keys if getattr(self, k) != getattr(other, k)]
 
 

@@ -143,6 +143,8 @@ def _store_info(cfg: MetaWorldGenConfig, fps: float) -> Any:
         fps=fps, cameras=cams, image_size=size, has_actions=not cfg.action_free,
         source=SOURCE + ("-actionfree" if cfg.action_free else ""), embodiment=EMBODIMENT, robot_type="sawyer",
         features=feature_spec(cams, size, shapes),
+        extra={"generator": {"seed": cfg.seed, "action_noise": cfg.action_noise, "max_steps": cfg.max_steps,
+                             "post_success_steps": cfg.post_success_steps, "max_attempts": cfg.max_attempts}},
     )
 
 
