@@ -106,3 +106,42 @@ class _FakeTextEncoder(torch.nn.Module):
 
         tokens = torch.ones(len(texts), 3, self.dim)
         return TextEmbedding(tokens, torch.ones(len(texts), 3, dtype=torch.bool), tokens.mean(1))
+
+
+def test_cli_trains_on_an_episode_store(tmp_path, capsys):
+    """`defi pretrain-fdm` end to end on a store written by the data layer (captioned videos, no simulator)."""
+    import av
+    import numpy as np
+
+    from defi.cli import main
+    from defi.data.sources.videos import ingest_videos
+
+    rows = ["file,caption"]
+    for i in range(3):
+        with av.open(str(tmp_path / f"v{i}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            for k in range(12):
+                img = np.full((32, 32, 3), 40, np.uint8)
+                img[8:16, 2 * k : 2 * k + 8] = 220
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        rows.append(f"v{i}.mp4,move the square right")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    ingest_videos(tmp_path / "captions.csv", tmp_path / "store", fps=10, size=32, progress=False)
+    (tmp_path / "cfg.json").write_text(json.dumps({
+        "data": {"sources": [[str(tmp_path / "store"), 1.0]], "cameras": ["main"], "val_fraction": 0.34},
+        "run_dir": str(tmp_path / "run"),
+    }))
+    code = main(["pretrain-fdm", "--preset", "tiny", "--config", str(tmp_path / "cfg.json"), "--trainer.max-steps", "2"])
+    assert code == 0
+    assert "copy-current-frame" in capsys.readouterr().out
+    held = json.loads((tmp_path / "run" / "metrics.json").read_text())["held_out"]
+    assert held["step"] == 2 and held["copy_mse"] > 0
+    # a finished run refuses to start over; --resume continues it (nothing left to do at max_steps)
+    assert main(["pretrain-fdm", "--preset", "tiny", "--config", str(tmp_path / "cfg.json"),
+                 "--trainer.max-steps", "2"]) == 2
+    assert main(["pretrain-fdm", "--preset", "tiny", "--config", str(tmp_path / "cfg.json"),
+                 "--trainer.max-steps", "3", "--resume"]) == 0
