@@ -15,6 +15,9 @@ stride 3 control steps, 4 future frames), 64 evenly spaced held-out clips, 20 DD
   800 steps, lr 1e-3, batch 8 (9.5 min wall, 354 s CPU):  sampled MSE 0.00203 (26.93 dB), one-step 0.00204
       (26.90 dB), copy 0.00254 (25.95 dB): model/copy = 0.80; per future frame 0.00116/0.00192/0.00238/0.00276
       vs copy 0.00124/0.00233/0.00307/0.00372.
+  The same through the data layer and the stage (`defi data metaworld` store, its seeded 17% episode split; see
+  README "Forward dynamics"): 800 steps (8.8 min wall, 447 s CPU): sampled 0.00266 (25.74 dB), one-step 0.00277,
+  copy 0.00325 (24.88 dB): model/copy = 0.82.
   300 steps, lr 3e-4: sampled 0.00252 vs copy 0.00254 (0.99, a tie).
   300 steps, v-prediction (before the switch to z^(0)-prediction): 0.0109 vs 0.00254 (4.3x worse, noisy samples).
 """

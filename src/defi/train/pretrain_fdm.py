@@ -91,7 +91,7 @@ def preset_small() -> PretrainFDMConfig:
     return PretrainFDMConfig(
         model=model_small(),
         data=_data_small_fdm(),
-        trainer=TrainerConfig(max_steps=400, batch_size=8, lr=3e-4, warmup_steps=20, ema_decay=0.0,
+        trainer=TrainerConfig(max_steps=800, batch_size=8, lr=1e-3, warmup_steps=20, ema_decay=0.0,
                               checkpoint_every=100, log_every=10, eval_every=200, mixed_precision="no"),
         eval=ForwardEvalConfig(clips=32, gif_clips=4, batch_size=16),
         run_dir=Path("runs/pretrain-fdm/small"),
