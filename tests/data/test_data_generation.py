@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_TASKS, tiny_gen_config
+from data_helpers import TINY_TASKS, tiny_gen_config
 from defi.data.sources.metaworld import episode_key, generate_metaworld, rollout
 from defi.data.store import EpisodeStore
 from defi.errors import DefiError
@@ -112,3 +112,5 @@ def test_generator_rejects_unknown_task_and_incompatible_resume(mw_store, tmp_pa
         generate_metaworld(tiny_gen_config(tmp_path / "x", tasks="reach,fly"))
     with pytest.raises(DefiError, match=r"different cameras"):
         generate_metaworld(tiny_gen_config(mw_store, cameras=("corner",)))
+    with pytest.raises(DefiError, match=r"different extra .*'seed': 0.*'seed': 1"):
+        generate_metaworld(tiny_gen_config(mw_store, seed=1))

@@ -89,6 +89,7 @@ class ClipDataset(Dataset):
         self.cameras = list(cameras)
         self.camera_keys = [IMAGE_PREFIX + c for c in self._map_cameras(list(cameras), list(info.cameras))]
         stored_h, stored_w = info.image_size
+        self._stored_hw = (int(stored_h), int(stored_w))
         self.image_size = (stored_h, stored_w) if image_size is None else (int(image_size), int(image_size))
         self.has_actions = bool(info.has_actions) and "action" in info.features
         self.has_state = "observation.state" in info.features
@@ -144,28 +145,31 @@ class ClipDataset(Dataset):
         last = length - 1
         future = t + self.future_stride * np.arange(1, self.future_frames + 1)
         frames = np.concatenate([[t, min(t + self.goal_offset, last)], np.minimum(future, last)])
-        views = [self.store.read(episode, key, frames) for key in self.camera_keys]  # each [N, h, w, 3]
-        # Layout changes in numpy: single-threaded copies of a few KiB (torch's would use its thread pool).
-        video = np.stack(views).transpose(0, 1, 4, 2, 3)  # v n c h w
+        raw = np.empty((len(self.camera_keys), len(frames), *self._stored_hw, 3), dtype=np.uint8)  # v n h w c
+        for v, key in enumerate(self.camera_keys):
+            self.store.read(episode, key, frames, out=raw[v])
+        # One layout copy in numpy: single-threaded (torch's would use its thread pool in the main process).
+        video = np.ascontiguousarray(raw.transpose(0, 1, 4, 2, 3))  # v n c h w
         if tuple(video.shape[-2:]) != self.image_size:
             v, n = video.shape[:2]
-            resized = self._resize(torch.from_numpy(np.ascontiguousarray(video)).reshape(v * n, *video.shape[2:]))
+            resized = self._resize(torch.from_numpy(video).reshape(v * n, *video.shape[2:]))
             video = resized.reshape(v, n, 3, *self.image_size).numpy()
+        video_t = torch.from_numpy(video)
         item: dict[str, Any] = {
-            "images": torch.from_numpy(np.ascontiguousarray(video[:, 0])),
-            "goal_images": torch.from_numpy(np.ascontiguousarray(video[:, 1])),
-            "future_images": torch.from_numpy(np.ascontiguousarray(video[:, 2:])),
+            "images": video_t[:, 0],  # views of one buffer; collation copies them into the batch
+            "goal_images": video_t[:, 1],
+            "future_images": video_t[:, 2:],
             "future_mask": torch.from_numpy(future <= last),
         }
         actions = torch.zeros(self.action_horizon, self.action_dim)
         action_mask = torch.zeros(self.action_horizon, dtype=torch.bool)
         if self.has_actions:
-            steps = np.arange(t, min(t + self.action_horizon, length))
-            actions[: len(steps)] = torch.from_numpy(self.store.read(episode, "action", steps).astype(np.float32))
-            action_mask[: len(steps)] = True
+            chunk = self.store.read_episode(episode, "action")[t : t + self.action_horizon]
+            actions[: len(chunk)] = torch.from_numpy(chunk.astype(np.float32, copy=False))
+            action_mask[: len(chunk)] = True
         state = torch.zeros(self.state_dim)
         if self.has_state:
-            state = torch.from_numpy(self.store.read(episode, "observation.state", np.array([t]))[0].astype(np.float32))
+            state = torch.from_numpy(self.store.read_episode(episode, "observation.state")[t].astype(np.float32))
         item.update(
             actions=actions,
             action_mask=action_mask,

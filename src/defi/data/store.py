@@ -65,10 +65,11 @@ class StoreInfo:
     total_frames: int = 0
     total_tasks: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    """Source settings that every episode must share (e.g. the generator's seed and action noise)."""
 
     def compatible_with(self, other: StoreInfo) -> list[str]:
         """Names of the fields that differ in a way that would mix incompatible episodes."""
-        keys = ("fps", "cameras", "image_size", "has_actions", "source", "embodiment")
+        keys = ("fps", "cameras", "image_size", "has_actions", "source", "embodiment", "extra")
         return [k for k in keys if getattr(self, k) != getattr(other, k)]
 
 
@@ -150,8 +151,7 @@ class EpisodeStore:
         self.episodes = episodes
         self.cache = _ChunkCache(int(cache_mb * 2**20))
         self._arrays: dict[tuple[int, str], Any] = {}
-        # non-image features are one chunk per episode, so chunking differs between episodes
-        self._chunk_frames: dict[tuple[int, str], int] = {}
+        self._chunk_frames: dict[tuple[int, str], int] = {}  # zarr's `chunks` property is slow to ask each time
         self._pid = os.getpid()
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -315,24 +315,41 @@ class EpisodeStore:
             self.cache.put(cache_key, data)
         return data
 
-    def read(self, episode: int, key: str, frames: np.ndarray | None = None) -> np.ndarray:
-        """Frames of one feature of one episode (all frames when `frames` is None), through the chunk cache."""
+    def read(self, episode: int, key: str, frames: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames of one feature of one episode (all frames when `frames` is None), through the chunk cache;
+        written into `out` when given."""
         length = self.episodes[episode]["length"]
         frames = np.arange(length) if frames is None else np.asarray(frames, dtype=np.int64)
         arr = self._array(episode, key)
         chunk_frames = self._chunk_frames.get((episode, key))
         if chunk_frames is None:
             chunk_frames = self._chunk_frames[(episode, key)] = int(arr.chunks[0])
-        chunk_ids = frames // chunk_frames
-        first, last = int(chunk_ids.min()), int(chunk_ids.max())
-        if first == last:
-            return self._chunk(episode, key, first, chunk_frames)[frames - first * chunk_frames]
-        out = np.empty((len(frames), *arr.shape[1:]), dtype=arr.dtype)
-        for c in range(first, last + 1):
-            sel = chunk_ids == c
-            if sel.any():
-                out[sel] = self._chunk(episode, key, c, chunk_frames)[frames[sel] - c * chunk_frames]
+        if chunk_frames >= length:  # one chunk holds the episode (low-dim features)
+            data = self._chunk(episode, key, 0, chunk_frames)[frames]
+            if out is not None:
+                out[...] = data
+            return data
+        # A clip asks for ~10 frames: gathering them one by one beats vectorised masking at this size.
+        if out is None:
+            out = np.empty((len(frames), *arr.shape[1:]), dtype=arr.dtype)
+        chunks: dict[int, np.ndarray] = {}
+        for i, f in enumerate(frames.tolist()):
+            c = f // chunk_frames
+            data = chunks.get(c)
+            if data is None:
+                data = chunks[c] = self._chunk(episode, key, c, chunk_frames)
+            out[i] = data[f - c * chunk_frames]
         return out
+
+    def read_episode(self, episode: int, key: str) -> np.ndarray:
+        """A whole (cached) feature of one episode; meant for small per-frame features such as actions."""
+        arr = self._array(episode, key)
+        chunk_frames = self._chunk_frames.get((episode, key))
+        if chunk_frames is None:
+            chunk_frames = self._chunk_frames[(episode, key)] = int(arr.chunks[0])
+        if chunk_frames >= self.episodes[episode]["length"]:
+            return self._chunk(episode, key, 0, chunk_frames)
+        return self.read(episode, key)
 
     def has_feature(self, key: str) -> bool:
         return key in self.info.features

@@ -74,7 +74,8 @@ def _preset_small() -> MetaWorldGenConfig:
 
 
 def _preset_paper() -> MetaWorldGenConfig:
-    return MetaWorldGenConfig(out=Path("data/metaworld-mt50"), tasks="MT50", episodes_per_task=100)
+    # 256x256 frames feed the paper-scale forward model (SVD at 256x256) without upsampling.
+    return MetaWorldGenConfig(out=Path("data/metaworld-mt50"), tasks="MT50", episodes_per_task=100, image_size=256)
 
 
 PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper}
@@ -89,11 +90,20 @@ class GenerationReport:
     failed_slots: list[str] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
+    first_result_s: float | None = None  # when the first episode came back (worker start-up and env build included)
+    frames_after_first: int = 0
     per_task: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def frames_per_s(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_frames_per_s(self) -> float:
+        """Frames per second after the first episode came back, i.e. without worker start-up."""
+        if self.first_result_s is None or self.seconds <= self.first_result_s:
+            return 0.0
+        return self.frames_after_first / (self.seconds - self.first_result_s)
 
     def summary(self) -> str:
         lines = [
@@ -133,6 +143,8 @@ def _store_info(cfg: MetaWorldGenConfig, fps: float) -> Any:
         fps=fps, cameras=cams, image_size=size, has_actions=not cfg.action_free,
         source=SOURCE + ("-actionfree" if cfg.action_free else ""), embodiment=EMBODIMENT, robot_type="sawyer",
         features=feature_spec(cams, size, shapes),
+        extra={"generator": {"seed": cfg.seed, "action_noise": cfg.action_noise, "max_steps": cfg.max_steps,
+                             "post_success_steps": cfg.post_success_steps, "max_attempts": cfg.max_attempts}},
     )
 
 
@@ -258,6 +270,10 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
     bar = tqdm(total=len(todo), desc="episodes", unit="ep", disable=not cfg.progress)
 
     def record(result: dict[str, Any]) -> None:
+        if report.first_result_s is None:
+            report.first_result_s = time.perf_counter() - start
+        else:
+            report.frames_after_first += result["frames"]
         report.failed_attempts += result["failed"]
         report.per_task[result["task"]]["failed_attempts"] += result["failed"]
         if result["kept"]:

@@ -30,6 +30,7 @@ from defi.models.base import PretrainedMixin
 from defi.models.encoders.text import TextEmbedding, TextEncoder, build_text_encoder
 from defi.models.forward.config import ForwardDynamicsConfig
 from defi.models.forward.latent import SpaceToDepthLatents, SVDLatents
+from defi.models.forward.video_former import VideoFormerConfig
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -148,7 +149,7 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         if self.config.target == "residual":
             z = z + self.latents.encode_target(current).unsqueeze(1)
         frames = self.latents.decode(rearrange(z, "n f c h w -> (n f) c h w"), num_frames=f)
-        return rearrange(frames, "(n f) c h w -> n f c h w", n=n, f=f)
+        return rearrange(frames, "(n f) c h w -> n f c h w", n=n, f=f).clamp(-1.0, 1.0)
 
     # ---------------------------------------------------------------- denoiser
     def denoise(
@@ -193,10 +194,13 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         )
         noisy = self.noise_scheduler.add_noise(target, noise, timesteps)
         prediction = self.denoise(noisy, timesteps, condition, context)
-        if self.config.noise.prediction_type == "epsilon":
+        kind = self.config.noise.prediction_type
+        if kind == "epsilon":
             goal = noise
-        else:
+        elif kind == "v_prediction":
             goal = self.noise_scheduler.get_velocity(target, noise, timesteps)
+        else:
+            goal = target
         per_frame = F.mse_loss(prediction.float(), goal.float(), reduction="none").mean(dim=(2, 3, 4))  # [n f]
         if future_mask is None:
             weight = torch.ones_like(per_frame)
@@ -249,6 +253,21 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         return out
 
     @torch.no_grad()
+    def predict_one_step(self, images: torch.Tensor, instruction, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The decoded one-step estimate of the future (paper Q8, Fig. 9): frames [b v f 3 H W] (or [n f 3 H W])."""
+        current, views = self._fold_views(images)
+        latents = self.extract_features(images, instruction, layers=(), generator=generator)["latents"]
+        frames = self.decode_latents(latents, current)
+        return frames if images.ndim == 4 else rearrange(frames, "(b v) f c h w -> b v f c h w", v=views)
+
+    def video_former_config(self, **overrides) -> VideoFormerConfig:
+        """A `VideoFormerConfig` whose inputs match this model's configured feature layers."""
+        widths = self.feature_channels()
+        return VideoFormerConfig(
+            layers=tuple(widths), in_channels=tuple(widths.values()), num_frames=self.config.num_frames, **overrides
+        )
+
+    @torch.no_grad()
     def extract_features(
         self,
         images: torch.Tensor,
@@ -263,7 +282,7 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         `TextEmbedding` or tokens [b, L, text_dim].
         """
         cfg = self.config
-        layers = tuple(layers or cfg.features.layers)
+        layers = tuple(cfg.features.layers if layers is None else layers)
         _, condition, context, _ = self._prepare(images, instruction)
         n = condition.shape[0]
         t_index = cfg.noise.num_train_timesteps - 1 if cfg.features.timestep == -1 else cfg.features.timestep
@@ -295,8 +314,10 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         alpha_bar = self.noise_scheduler.alphas_cumprod.to(condition.device)[t_index]
         if cfg.noise.prediction_type == "epsilon":
             estimate = (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
-        else:
+        elif cfg.noise.prediction_type == "v_prediction":
             estimate = alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
+        else:
+            estimate = prediction
         return {**{name: captured[name] for name in layers}, "latents": estimate}
 
 
