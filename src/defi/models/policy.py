@@ -87,14 +87,22 @@ class DeFIPolicyConfig(Config):
         self.check(self.fused_dim >= 1 and self.projector_hidden >= 1, "fused_dim", "positive widths")
 
 
+def video_former_for(fdm: ForwardDynamicsConfig, **kw) -> VideoFormerConfig:
+    """A Video Former reading every feature layer the GFDM config exposes, at its real width."""
+    from types import SimpleNamespace
+
+    # the widths depend on the config alone: ask without building the UNet
+    widths = ForwardDynamicsModel.feature_channels(SimpleNamespace(config=fdm))
+    return VideoFormerConfig(layers=tuple(widths), in_channels=tuple(widths.values()), num_frames=fdm.num_frames, **kw)
+
+
 def policy_tiny() -> DeFIPolicyConfig:
     fdm = fdm_tiny()
     return DeFIPolicyConfig(
         image_size=fdm.image_size, action_horizon=4, projector_hidden=32, fused_dim=32, forward=fdm,
         inverse=replace(gidm_tiny(), text_dim=384),
         frame_encoder=FrameEncoderConfig(kind="patch", image_size=fdm.image_size, patch_size=8, dim=16),
-        video_former=VideoFormerConfig(layers=("mid_block",), in_channels=(64,), num_frames=fdm.num_frames, dim=32,
-                                       num_queries=2, depth=1, heads=2),
+        video_former=video_former_for(fdm, dim=32, num_queries=2, depth=1, heads=2),
         adapter=_horizon(adapter_tiny(), 4),
     )
 
@@ -104,8 +112,7 @@ def policy_small() -> DeFIPolicyConfig:
     return DeFIPolicyConfig(
         forward=fdm, inverse=gidm_small(),
         frame_encoder=FrameEncoderConfig(kind="patch", image_size=64, patch_size=16, dim=256),
-        video_former=VideoFormerConfig(layers=tuple(fdm.features.layers), in_channels=(128, 128),
-                                       num_frames=fdm.num_frames, dim=128, num_queries=4, depth=1, heads=4),
+        video_former=video_former_for(fdm, dim=128, num_queries=4, depth=1, heads=4),
         adapter=_horizon(adapter_small(), 8),
     )
 
@@ -119,8 +126,7 @@ def policy_paper() -> DeFIPolicyConfig:
         inverse_text=TextEncoderConfig(kind="t5", max_length=32),
         adapter_text=TextEncoderConfig(kind="clip", name_or_path="openai/clip-vit-large-patch14", max_length=77),
         adapter_text_dim=768,
-        video_former=VideoFormerConfig(layers=tuple(fdm.features.layers), in_channels=(1280, 640),
-                                       num_frames=fdm.num_frames, dim=384, num_queries=8, depth=2, heads=6),
+        video_former=video_former_for(fdm, dim=384, num_queries=8, depth=2, heads=6),
         adapter=_horizon(adapter_paper(), 10),
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -28,7 +27,7 @@ from defi.errors import DefiError
 from defi.eval.metaworld_eval import EvalConfig
 from defi.models.baselines.image_policy import image_policy_small, image_policy_tiny
 from defi.models.baselines.policy import ImageDPPolicy, ImageDPPolicyConfig
-from defi.models.policy import DeFIPolicy, DeFIPolicyConfig, policy_small, policy_tiny
+from defi.models.policy import DeFIPolicy, DeFIPolicyConfig, video_former_for, policy_small, policy_tiny
 from defi.train.trainer import Trainer, TrainerConfig
 
 
@@ -77,13 +76,10 @@ def _pretrained_policy_config(cfg: FinetuneConfig) -> tuple[DeFIPolicyConfig, An
                             f"use (policy.cameras={list(pcfg.cameras)})")
         pcfg = replace(pcfg, inverse=gidm.config, frame_encoder=idm_cfg.frame_encoder,
                        inverse_text=idm_cfg.text_encoder, gidm_view=pcfg.cameras.index(camera))
-    # the Video Former reads the GFDM's configured feature layers at their real widths (which depend on the
-    # config alone, so ask without building a GFDM)
-    widths = ForwardDynamicsModel.feature_channels(SimpleNamespace(config=pcfg.forward))
-    layers = tuple(name for name in pcfg.video_former.layers if name in widths) or tuple(widths)
-    pcfg = replace(pcfg, video_former=replace(pcfg.video_former, layers=layers,
-                                              in_channels=tuple(widths[n] for n in layers),
-                                              num_frames=pcfg.forward.num_frames))
+    # the Video Former reads the (possibly pretrained) GFDM's feature layers at their real widths
+    vf = video_former_for(pcfg.forward)
+    pcfg = replace(pcfg, video_former=replace(pcfg.video_former, layers=vf.layers, in_channels=vf.in_channels,
+                                              num_frames=vf.num_frames))
     return pcfg, gfdm, gidm
 
 
