@@ -46,3 +46,32 @@ def test_compare_runs_variants_writes_report_and_reuses_finished_runs(tmp_path, 
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(DefiError, match="needs --fdm and --idm"):
         compare(CompareConfig(run_dir=tmp_path / "cmp2", variants=("defi",), finetune=tiny(tmp_path, policy_store)))
+
+
+def test_defi_variant_couples_pretrained_fdm_and_idm_runs(tmp_path, policy_store):
+    """Tiny pretrain-fdm and pretrain-idm runs on the store, then finetune loads both into the coupled policy."""
+    import torch
+
+    from defi.data import build_clip_dataset
+    from defi.models.forward.model import ForwardDynamicsModel
+    from defi.models.inverse import GIDM
+    from defi.train import pretrain_fdm, pretrain_idm
+
+    data = replace(data_tiny(), sources=[(str(policy_store), 1.0)], val_fraction=0.25, image_size=32)
+    fcfg = pretrain_fdm.preset_tiny()
+    fcfg = replace(fcfg, run_dir=tmp_path / "fdm", data=replace(data, future_frames=fcfg.model.num_frames))
+    pretrain_fdm.run_pretrain_fdm(fcfg, build_clip_dataset(fcfg.data, "train"), build_clip_dataset(fcfg.data, "val"))
+    icfg = replace(pretrain_idm.preset_tiny(), run_dir=tmp_path / "idm", data=replace(data, future_frames=1))
+    pretrain_idm.pretrain_idm(icfg)
+
+    cfg = tiny(tmp_path, policy_store, fdm=str(tmp_path / "fdm"), idm=str(tmp_path / "idm"), evaluate=False)
+    finetune(cfg)
+    policy = load_policy(cfg.run_dir)
+    gfdm = ForwardDynamicsModel.from_pretrained(tmp_path / "fdm" / "model")
+    gidm = GIDM.from_pretrained(tmp_path / "idm" / "model")
+    # the GFDM stays frozen (paper §3.3): identical to the pretrained one; the GIDM started from it and trained
+    for (name, p), q in zip(policy.gfdm.state_dict().items(), gfdm.state_dict().values()):
+        assert torch.equal(p, q), name
+    changed = [not torch.equal(p, q) for p, q in zip(policy.gidm.state_dict().values(), gidm.state_dict().values())]
+    assert any(changed)
+    assert policy.config.frame_encoder == icfg.frame_encoder
