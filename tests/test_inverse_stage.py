@@ -70,7 +70,8 @@ def test_pretrain_idm_stage_end_to_end(tmp_path):
                 "eval/probe_r2_latent_action", "eval/probe_r2_feature_diff", "parameters"):
         assert key in on_disk and on_disk[key] == metrics[key], key
     assert 0 < on_disk["eval/codes_used_fraction"] <= 1 and on_disk["eval/code_perplexity"] >= 1
-    assert on_disk["eval/probe_test_clips"] == 16  # 2 of 8 episodes held out for the probe
+    # probe fitted on the train split's clips, scored on the held-out split's
+    assert on_disk["eval/probe_fit_clips"] == 64 and on_disk["eval/probe_test_clips"] == 64
     pngs = list((run / "attention").glob("step_*.png"))
     assert pngs and pngs[0].stat().st_size > 1000
     gidm = GIDM.from_pretrained(run / "model")
@@ -80,6 +81,22 @@ def test_pretrain_idm_stage_end_to_end(tmp_path):
     # the frozen encoders stay out of the checkpoint
     assert not any(k.startswith(("frame_encoder", "text_encoder")) for k in GIDMPretrainModule(
         gidm, None, None).state_dict())
+
+
+def test_probe_on_one_split_holds_out_whole_episodes():
+    from defi.models.encoders.frame import build_frame_encoder
+    from defi.models.inverse import gidm_tiny
+    from defi.train.pretrain_idm import encode_clips, evaluate_gidm
+
+    cfg = preset_tiny()
+    enc = build_frame_encoder(cfg.frame_encoder)
+    cached, _ = encode_clips(MovingSquareClips(), enc, 0)
+    gidm = GIDM(replace(gidm_tiny(), text_dim=0))
+    out = evaluate_gidm(GIDMPretrainModule(gidm, enc, None), cached, cached, cfg.eval)
+    assert out["probe_test_clips"] == 16 and out["probe_fit_clips"] == 48  # 2 of 8 episodes scored
+    # the pooled feature difference of a moving square carries its displacement: a linear probe finds some of it
+    assert 0.05 < out["probe_train_r2_feature_diff"] <= 1
+    assert out["mse"] == pytest.approx(out["copy_mse"])  # an untrained decoder predicts e_t
 
 
 def test_stage_rejects_clips_without_the_contract_keys(tmp_path):
