@@ -78,6 +78,13 @@ def main() -> None:
     mm = timed(lambda: a @ b, 20)
     print(f"baseline matmul 1024^3: {mm * 1e3:.2f} ms ({2 * 1024**3 / mm / 1e9:.1f} GFLOP/s)")
 
+    from defi.models.encoders.frame import FrameEncoderConfig, build_frame_encoder
+
+    enc = build_frame_encoder(FrameEncoderConfig())  # the small preset's patch encoder
+    frames = torch.randint(0, 256, (256, 3, 64, 64), dtype=torch.uint8)
+    t = timed(lambda: enc(frames), 5)
+    print(f"patch frame encoder, 64x64 -> {enc.num_patches} x {enc.dim}: {256 / t:,.0f} frames/s (= {t / mm:.2f} matmuls per 256)")
+
     print("\nparameters (GIDM incl. the pretraining decoder | encoder part kept for the policy)")
     for name, fn in (("tiny", gidm_tiny), ("small", gidm_small), ("paper", gidm_paper)):
         if name == "paper" and args.skip_paper:
