@@ -90,7 +90,7 @@ def test_probe_on_one_split_holds_out_whole_episodes():
 
     cfg = preset_tiny()
     enc = build_frame_encoder(cfg.frame_encoder)
-    cached, _ = encode_clips(MovingSquareClips(), enc, 0)
+    cached = encode_clips(MovingSquareClips(), enc, 0)
     gidm = GIDM(replace(gidm_tiny(), text_dim=0))
     out = evaluate_gidm(GIDMPretrainModule(gidm, enc, None), cached, cached, cfg.eval)
     assert out["probe_test_clips"] == 16 and out["probe_fit_clips"] == 48  # 2 of 8 episodes scored

@@ -114,9 +114,9 @@ def _check_clip(item: dict[str, Any], view_index: int) -> None:
 @torch.no_grad()
 def encode_clips(
     dataset: Dataset, frame_encoder: FrameEncoder, view_index: int, indices: Sequence[int] | None = None,
-    batch_size: int = 64, num_workers: int = 0, keep_images: int = 0, desc: str = "encoding frames",
-) -> tuple[CachedClipDataset, dict[str, torch.Tensor]]:
-    """Encode o_t and o_{t+n} of every clip once; returns the cached dataset and the first `keep_images` images."""
+    batch_size: int = 64, num_workers: int = 0, desc: str = "encoding frames",
+) -> CachedClipDataset:
+    """Encode o_t and o_{t+n} of every clip once (the encoders are frozen)."""
     from tqdm.auto import tqdm
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
@@ -125,8 +125,6 @@ def encode_clips(
     _check_clip(dataset[indices[0]], view_index)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     cur, fut, instr, acts, amask, has, ep = [], [], [], [], [], [], []
-    kept: dict[str, list[torch.Tensor]] = {"images": [], "goal_images": []}
-    n_kept = 0
     for batch in tqdm(loader, desc=desc, leave=False):
         images, goals = batch["images"][:, view_index], batch["goal_images"][:, view_index]
         cur.append(frame_encoder(images).half().cpu())
@@ -137,14 +135,8 @@ def encode_clips(
             amask.append(batch["action_mask"].bool())
             has.append(batch["has_actions"].bool())
             ep.append(batch["episode_index"].long())
-        if n_kept < keep_images:
-            take = min(keep_images - n_kept, images.shape[0])
-            kept["images"].append(images[:take])
-            kept["goal_images"].append(goals[:take])
-            n_kept += take
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
-    cached = CachedClipDataset(cat(cur), cat(fut), instr, cat(acts), cat(amask), cat(has), cat(ep))
-    return cached, {k: torch.cat(v) for k, v in kept.items() if v}
+    return CachedClipDataset(cat(cur), cat(fut), instr, cat(acts), cat(amask), cat(has), cat(ep))
 
 
 def _evenly_spaced(n: int, k: int) -> list[int]:
@@ -296,12 +288,13 @@ def evaluate_gidm(
         out.update(_probes(run, eval_set, probe_set, cfg))
 
     if attention and attention_path is not None and gidm.config.architecture != "mlp" and grid is not None:
-        k = attention["images"].shape[0]
-        batch = {"current_features": eval_set.current[:k].to(device), "future_features": eval_set.future[:k].to(device),
-                 "instruction": eval_set.instructions[:k]}
+        rows = attention["positions"].tolist()
+        batch = {"current_features": eval_set.current[rows].to(device),
+                 "future_features": eval_set.future[rows].to(device),
+                 "instruction": [eval_set.instructions[i] for i in rows]}
         weights = gidm.query_attention(*module.inputs(batch))
         save_attention_png(attention_path, attention["images"], attention["goal_images"], weights.cpu(), grid,
-                           eval_set.instructions[:k])
+                           batch["instruction"])
     gidm.train(was_training)
     return out
 
@@ -343,19 +336,26 @@ def pretrain_idm(
                 f"config key cache_features=True: the train split's features need {gib:.1f} GiB, over "
                 f"cache_max_gib={cfg.cache_max_gib}; raise cache_max_gib or pass --no-cache-features")
         train_set: Dataset = encode_clips(train_dataset, frame_encoder, cfg.view_index, num_workers=workers,
-                                          batch_size=cfg.eval.batch_size, desc="encoding train clips")[0]
+                                          batch_size=cfg.eval.batch_size, desc="encoding train clips")
     else:
         _check_clip(train_dataset[0], cfg.view_index)
         train_set = train_dataset
     eval_idx = _evenly_spaced(len(eval_dataset), cfg.eval.max_clips)
-    eval_set, shown = encode_clips(eval_dataset, frame_encoder, cfg.view_index, eval_idx, cfg.eval.batch_size,
-                                   workers, keep_images=cfg.eval.attention_examples, desc="encoding eval clips")
+    eval_set = encode_clips(eval_dataset, frame_encoder, cfg.view_index, eval_idx, cfg.eval.batch_size, workers,
+                            desc="encoding eval clips")
+    # attention maps for a few clips spread over the held-out split (different episodes and tasks)
+    positions = _evenly_spaced(len(eval_idx), cfg.eval.attention_examples) if cfg.eval.attention_examples else []
+    items = [eval_dataset[eval_idx[i]] for i in positions]
+    shown = {"positions": torch.tensor(positions, dtype=torch.long),
+             "images": torch.stack([it["images"][cfg.view_index] for it in items]) if items else None,
+             "goal_images": torch.stack([it["goal_images"][cfg.view_index] for it in items]) if items else None}
+    shown = shown if items else None
     if probe_dataset is eval_dataset:
         probe_set = eval_set
     else:
         probe_idx = _evenly_spaced(len(probe_dataset), cfg.eval.max_clips)
         probe_set = encode_clips(probe_dataset, frame_encoder, cfg.view_index, probe_idx, cfg.eval.batch_size,
-                                 workers, desc="encoding probe clips")[0]
+                                 workers, desc="encoding probe clips")
 
     gidm = GIDM(model_cfg)
     module = GIDMPretrainModule(gidm, frame_encoder, text_encoder, cfg.view_index)
