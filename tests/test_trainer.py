@@ -131,3 +131,10 @@ def test_two_process_ddp_ranks_agree_and_see_different_data(tmp_path):
     for seen0, seen1 in zip(ranks[0]["seen"], ranks[1]["seen"]):
         assert not set(seen0) & set(seen1)  # each step the two ranks read different samples
     assert len(list_checkpoints(tmp_path / "run")) >= 1
+
+
+def test_bf16_autocast_runs_on_this_device(tmp_path):
+    trainer, _ = make(tmp_path, tiny_cfg(max_steps=10, mixed_precision="bf16"))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    result = trainer.fit()
+    assert result["mixed_precision"] == "bf16" and result["loss"] < 10

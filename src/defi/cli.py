@@ -18,6 +18,7 @@ from defi.errors import DefiError
 COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("defi.utils.environment:env_main", "Print versions, device and mixed-precision support."),
     "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
+    "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 
 

@@ -158,6 +158,17 @@ class _TrainerState:
         self.step = int(state["step"])
 
 
+def _allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state; a pipeline that runs several stages in one process (the demo,
+    the tests) may change precision between stages, so drop the old state but keep the distributed set-up."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -197,6 +208,7 @@ class Trainer:
         self.collate_fn = collate_fn
         self.dataset = train_dataset
         self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
+        _allow_new_precision(self.mixed_precision)
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision,
             cpu=not torch.cuda.is_available(),

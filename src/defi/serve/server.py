@@ -1,0 +1,352 @@
+"""The policy server: websockets + msgpack, wire-compatible with openpi's remote-inference protocol.
+
+On connect the server sends the metadata (the policy's `metadata` plus a `server` map describing the request
+keys and limits). Then each binary frame is one request (see `defi.serve.protocol`) and gets one reply:
+
+    {"actions": float32 [H, A], "server_timing": {"infer_ms", "queue_ms", "prev_total_ms"}}
+    {"reset": True, "server_timing": {...}}                       (for a reset-only request)
+
+or, when the request cannot be served, a text frame starting with "defi serve:" (openpi's client raises it as a
+RuntimeError) and the connection stays open. An unexpected exception inside the policy is answered as openpi
+does: the traceback as a text frame, then close code 1011. The server itself always stays up.
+
+Inference runs on one worker thread, off the event loop, so a slow `act` never stalls other connections'
+handshakes, error replies or keepalive pings; requests from all connections are served in arrival order on that
+thread (one model, one device). Each connection owns a fork of the policy (`defi.serve.sessions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import CloseCode
+
+from defi.config import Config
+from defi.errors import DefiError
+from defi.serve.protocol import (
+    IMAGE_PREFIX,
+    INSTRUCTION_KEYS,
+    RESET_KEY,
+    STATE_KEY,
+    RequestError,
+    RequestSpec,
+    check_actions,
+    packb,
+    parse_request,
+    unpackb,
+)
+from defi.serve.sessions import fork_policy
+
+logger = logging.getLogger("defi.serve")
+
+PROTOCOL = "openpi-websocket-msgpack"
+HEALTH_PATH = "/healthz"
+
+
+@dataclass
+class ServeConfig(Config):
+    host: str = "127.0.0.1"  # loopback unless told otherwise: a policy server drives hardware
+    port: int = 8000  # 0 picks a free port
+    max_message_bytes: int = 16 * 2**20  # larger requests are refused with close code 1009
+    api_key: str | None = None  # when set, clients must send "Authorization: Api-Key <key>" (as openpi's client)
+    device: str = "auto"  # "auto" = cuda when present, else cpu
+    open_timeout_s: float = 10.0  # a client must finish the websocket handshake within this time
+    ping_interval_s: float = 20.0  # keepalive pings; a peer silent for ping_timeout_s after one is dropped (0: off)
+    ping_timeout_s: float = 20.0  # how long to wait for the pong before dropping the peer
+    close_timeout_s: float = 5.0  # how long to wait for the peer's close frame before cutting the TCP connection
+
+    def validate(self) -> None:
+        self.check(0 <= self.port <= 65535, "port", "0..65535 (0 picks a free port)")
+        self.check(self.max_message_bytes >= 1024, "max_message_bytes", "at least 1024 bytes")
+        self.check(self.api_key is None or len(self.api_key) > 0, "api_key", "a non-empty token or none")
+        self.check(self.open_timeout_s > 0, "open_timeout_s", "a positive number of seconds")
+        self.check(self.ping_interval_s >= 0, "ping_interval_s", ">= 0 (0 turns keepalive off)")
+        self.check(self.ping_timeout_s > 0, "ping_timeout_s", "a positive number of seconds")
+        self.check(self.close_timeout_s > 0, "close_timeout_s", "a positive number of seconds")
+
+
+def _to_wire(value: Any) -> Any:
+    """Metadata as msgpack can carry it (tuples -> lists, paths -> strings)."""
+    if isinstance(value, dict):
+        return {str(k): _to_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _policy_device(policy: Any) -> str:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(policy, torch.nn.Module):
+        tensor = next(iter((*policy.parameters(), *policy.buffers())), None)
+        if tensor is not None:
+            return str(tensor.device)
+    return "cpu"
+
+
+def _describe_close(ws: ServerConnection) -> str:
+    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
+    frames = (("sent", sent), ("received", received))
+    parts = [f"{who} {int(frame.code)} {frame.reason}".strip() for who, frame in frames if frame is not None]
+    return ", ".join(parts) or "dropped without a close frame"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PolicyServer:
+    """Serve one loaded policy to any number of websocket clients. Use `run()` (blocking) or `start_in_thread()`."""
+
+    def __init__(self, policy: Any, config: ServeConfig | None = None, device: str | None = None):
+        self.config = config or ServeConfig()
+        self.config.validate()
+        self.policy = policy  # the template every connection forks; never acted on itself
+        policy_metadata = dict(policy.metadata)
+        self.spec = RequestSpec.from_metadata(policy_metadata)
+        self.metadata = {
+            **_to_wire(policy_metadata),
+            "server": {
+                "name": "defi",
+                "protocol": PROTOCOL,
+                "image_key": IMAGE_PREFIX + "<camera>",
+                "state_key": STATE_KEY,
+                "instruction_keys": list(INSTRUCTION_KEYS),
+                "reset_key": RESET_KEY,
+                "max_message_bytes": self.config.max_message_bytes,
+                "device": device or _policy_device(policy),
+                "auth": self.config.api_key is not None,
+            },
+        }
+        try:
+            self._metadata_frame = packb(self.metadata)
+        except (TypeError, ValueError) as err:
+            raise DefiError(f"{type(policy).__name__}.metadata cannot be sent as msgpack ({err})") from None
+        fork_policy(policy)  # fail at start-up, not on the first connection, if the policy cannot be forked
+        self.stats: Counter[str] = Counter()
+        self.port: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._server: Server | None = None
+
+    # ------------------------------------------------------------------------------------------ connection life
+
+    def _process_request(self, connection: ServerConnection, request: websockets.http11.Request):
+        if request.path == HEALTH_PATH:
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        key = self.config.api_key
+        if key is not None:
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Api-Key {key}".encode()):
+                self.stats["auth_refused"] += 1
+                logger.warning("refused %s: missing or wrong API key", connection.remote_address)
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "missing or wrong 'Authorization: Api-Key <key>' header\n")
+        return None
+
+    def _infer(self, session: Any, request: Any, received: float) -> tuple[Any, dict[str, float]]:
+        started = time.monotonic()
+        torch = sys.modules.get("torch")  # a policy that never imported torch does not need inference mode
+        with torch.inference_mode() if torch is not None else nullcontext():
+            if request.reset:
+                session.reset()
+            actions = check_actions(session.act(request.observation, request.instruction), self.spec) \
+                if request.act else None
+        done = time.monotonic()
+        return actions, {"infer_ms": (done - started) * 1e3, "queue_ms": (started - received) * 1e3}
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        self.stats["connections"] += 1
+        self.stats["open"] += 1
+        peer = ws.remote_address
+        logger.info("connection from %s opened", peer)
+        try:
+            await ws.send(self._metadata_frame)
+            # not on the inference thread: a new robot must not wait for others' inference to get connected
+            session = await loop.run_in_executor(None, fork_policy, self.policy)
+            prev_total_s = None
+            while True:
+                message = await ws.recv()
+                received = time.monotonic()
+                try:
+                    if isinstance(message, str):
+                        raise RequestError("expected a binary msgpack frame, got a text frame")
+                    # on the event loop (not the inference thread) so that bad requests are answered at once
+                    request = parse_request(unpackb(message), self.spec)
+                except RequestError as err:
+                    self.stats["bad_requests"] += 1
+                    logger.info("bad request from %s: %s", peer, err)
+                    await ws.send(f"defi serve: bad request: {err}")
+                    continue
+                job = loop.run_in_executor(self._executor, self._infer, session, request, received)
+                closed = asyncio.ensure_future(ws.wait_closed())
+                await asyncio.wait({job, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not job.done():  # the client left mid-request: drop its queued work, keep serving the others
+                    job.cancel()
+                    self.stats["abandoned"] += 1
+                    logger.info("%s disconnected mid-request", peer)
+                    return
+                closed.cancel()
+                try:
+                    actions, timing = job.result()
+                except DefiError as err:  # the policy refused the input, or its output failed the safety checks
+                    self.stats["policy_errors"] += 1
+                    logger.warning("policy error for %s: %s", peer, err)
+                    await ws.send(f"defi serve: policy error: {err}")
+                    continue
+                except Exception:
+                    self.stats["internal_errors"] += 1
+                    logger.exception("policy raised for %s; closing that connection", peer)
+                    await ws.send(traceback.format_exc())
+                    await ws.close(CloseCode.INTERNAL_ERROR, "Internal server error. Traceback included in previous "
+                                   "frame.")
+                    return
+                if prev_total_s is not None:
+                    timing["prev_total_ms"] = prev_total_s * 1e3
+                reply: dict[str, Any] = {"server_timing": timing}
+                if actions is None:
+                    reply[RESET_KEY] = True
+                else:
+                    reply["actions"] = actions
+                await ws.send(packb(reply))
+                self.stats["replies"] += 1
+                prev_total_s = time.monotonic() - received
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.stats["open"] -= 1
+            logger.info("connection from %s closed (%s)", peer, _describe_close(ws))
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        if not _is_loopback(cfg.host) and cfg.api_key is None:
+            logger.warning("serving on %s without --api-key: anyone who can reach this port can drive the robot",
+                           cfg.host)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="defi-serve-infer")
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            compression=None,  # images do not compress; deflate would only cost CPU (openpi disables it too)
+            max_size=cfg.max_message_bytes,
+            open_timeout=cfg.open_timeout_s,
+            ping_interval=cfg.ping_interval_s or None,
+            ping_timeout=cfg.ping_timeout_s,
+            close_timeout=cfg.close_timeout_s,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("serving %s on ws://%s:%d", self.metadata.get("policy_type", type(self.policy).__name__),
+                    cfg.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def run(self) -> None:
+        """Serve until Ctrl-C or SIGTERM."""
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await self.serve_until(stop)
+
+        asyncio.run(main())
+
+    def start_in_thread(self, timeout_s: float = 30.0) -> ServerThread:
+        return ServerThread(self).start(timeout_s)
+
+
+class ServerThread:
+    """A `PolicyServer` running on its own event loop in a background thread (tests, benchmarks, examples)."""
+
+    def __init__(self, server: PolicyServer):
+        self.server = server
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="defi-serve", daemon=True)
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.server.config.host}:{self.port}"
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            try:
+                await self.server.start()
+            except BaseException as err:
+                self._error = err
+                self._ready.set()
+                return
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await self.server.stop()
+
+        asyncio.run(main())
+
+    def start(self, timeout_s: float = 30.0) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"policy server did not start within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
