@@ -114,3 +114,13 @@ def test_stage_rejects_clips_without_the_contract_keys(tmp_path):
         pretrain_idm(cfg, NoGoal(), NoGoal())
     with pytest.raises(ConfigError, match="view_index"):
         pretrain_idm(replace(cfg, view_index=5), MovingSquareClips(), MovingSquareClips())
+
+
+def test_cli_reports_bad_config_keys(capsys):
+    from defi.cli import main
+
+    assert main(["pretrain-idm", "--preset", "tiny", "--model.heads", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.heads" in err and "divisor of dim" in err
+    assert main(["pretrain-idm", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
