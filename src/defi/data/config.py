@@ -1,0 +1,96 @@
+"""`DataConfig`: which stores a stage trains on and how clips are cut; `build_clip_dataset` builds the dataset.
+
+Every training stage holds a `DataConfig` and calls `build_clip_dataset(cfg, "train")` (and "val"). One source
+gives a `ClipDataset`; several give a `MixtureDataset` whose `sample_weights` realise the per-source weights.
+Both expose `action_stats` / `state_stats` ({"mean", "std", "min", "max"} float32 tensors, or None when no
+source has actions / states) for normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from defi.config import Config
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+
+@dataclass
+class DataConfig(Config):
+    sources: list[tuple[str, float]] = field(default_factory=lambda: [("data/metaworld", 1.0)])
+    """(store directory, weight) pairs; weights set each source's share of the sampled clips."""
+    cameras: tuple[str, ...] = ("corner",)
+    """Views per clip (V); e.g. corner (static) and gripperPOV (wrist)."""
+    interval_s: float = 1.0
+    """Seconds between o_t and the goal frame o_{t+n}; n = round(interval_s * fps) per source (paper §3.2)."""
+    future_frames: int = 8
+    """Future frames F predicted by the forward model."""
+    future_stride: int = 1
+    """Frames between consecutive future frames."""
+    action_horizon: int = 8
+    """Action chunk length Ha."""
+    val_fraction: float = 0.1
+    """Fraction of each source's episodes held out for validation."""
+    seed: int = 0
+    image_size: int = 64
+    """Clips are resized to image_size x image_size when a store differs."""
+    action_dim: int = 4
+    state_dim: int = 4
+    paraphrase: bool = False
+    """Draw one of the training paraphrases per clip instead of the stored instruction (Meta-World tasks)."""
+    cache_mb: float = 512
+    """Per-process cache of decoded chunks, per source."""
+
+    def validate(self) -> None:
+        self.check(len(self.sources) >= 1, "sources", "at least one (path, weight) pair")
+        self.check(all(w > 0 for _, w in self.sources), "sources", "weights > 0")
+        self.check(len(self.cameras) >= 1, "cameras", "at least one camera")
+        self.check(self.interval_s > 0, "interval_s", "> 0 seconds")
+        self.check(self.future_frames >= 1, "future_frames", ">= 1")
+        self.check(self.future_stride >= 1, "future_stride", ">= 1")
+        self.check(self.action_horizon >= 1, "action_horizon", ">= 1")
+        self.check(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)")
+        self.check(8 <= self.image_size <= 1024, "image_size", "between 8 and 1024")
+        self.check(self.action_dim >= 1, "action_dim", ">= 1")
+        self.check(self.state_dim >= 1, "state_dim", ">= 1")
+        self.check(self.cache_mb >= 0, "cache_mb", ">= 0")
+
+
+def data_tiny() -> DataConfig:
+    return DataConfig(sources=[("data/metaworld-tiny", 1.0)], future_frames=4, action_horizon=4, val_fraction=0.25)
+
+
+def data_small() -> DataConfig:
+    return DataConfig()
+
+
+def data_paper() -> DataConfig:
+    # Paper scale: 256x256 frames, 16 predicted frames (SVD), both views.
+    return DataConfig(sources=[("data/metaworld-mt50", 1.0)], cameras=("corner", "gripperPOV"), image_size=256,
+                      future_frames=16, action_horizon=16)
+
+
+DATA_PRESETS = {"tiny": data_tiny, "small": data_small, "paper": data_paper}
+
+
+def build_clip_dataset(cfg: DataConfig, split: str) -> Dataset:
+    """The clip dataset of `split` ("train", "val" or "all") for `cfg`."""
+    from defi.config import validate_config
+    from defi.data.clips import ClipDataset
+    from defi.data.mixture import MixtureDataset
+
+    validate_config(cfg)
+    datasets = [
+        ClipDataset(
+            path, cameras=cfg.cameras, interval_s=cfg.interval_s, future_frames=cfg.future_frames,
+            future_stride=cfg.future_stride, action_horizon=cfg.action_horizon, split=split,
+            val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, action_dim=cfg.action_dim,
+            state_dim=cfg.state_dim, paraphrase=cfg.paraphrase, cache_mb=cfg.cache_mb,
+        )
+        for path, _ in cfg.sources
+    ]
+    if len(datasets) == 1:
+        return datasets[0]
+    return MixtureDataset(datasets, [w for _, w in cfg.sources])

@@ -1,0 +1,130 @@
+"""`defi data info DIR` and `defi data preview DIR --out x.gif`: look at a store without training on it."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defi.data.store import IMAGE_PREFIX, EpisodeStore
+from defi.errors import DefiError
+
+
+def store_summary(root: str | Path) -> dict[str, Any]:
+    """Episodes, frames, tasks, success, failed expert attempts, disk size and layout of a store."""
+    store = EpisodeStore.open(root)
+    eps = store.episodes
+    tasks = Counter(e.get("task_name") or e.get("task", "") for e in eps)
+    success = [e["success"] for e in eps if e.get("success") is not None]
+    info = store.info
+    return {
+        "path": str(store.root),
+        "source": info.source,
+        "embodiment": info.embodiment,
+        "episodes": len(eps),
+        "frames": store.num_frames,
+        "fps": info.fps,
+        "cameras": list(info.cameras),
+        "image_size": list(info.image_size),
+        "has_actions": info.has_actions,
+        "features": {k: v["shape"] for k, v in info.features.items()},
+        "tasks": dict(sorted(tasks.items())),
+        "episode_length": {
+            "min": int(min(e["length"] for e in eps)),
+            "mean": float(np.mean([e["length"] for e in eps])),
+            "max": int(max(e["length"] for e in eps)),
+        },
+        "success_rate": (sum(map(bool, success)) / len(success)) if success else None,
+        "failed_expert_attempts": int(sum(e.get("failed_attempts", 0) or 0 for e in eps)),
+        "disk_mb": store.disk_bytes() / 2**20,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"store        {s['path']}",
+        f"source       {s['source']} (embodiment {s['embodiment']}, actions: {'yes' if s['has_actions'] else 'no'})",
+        f"episodes     {s['episodes']}",
+        f"frames       {s['frames']} at {s['fps']:g} fps "
+        f"(episode length min {s['episode_length']['min']}, mean {s['episode_length']['mean']:.1f}, "
+        f"max {s['episode_length']['max']})",
+        f"cameras      {', '.join(s['cameras'])} at {s['image_size'][0]}x{s['image_size'][1]}",
+        f"features     " + ", ".join(f"{k} {v}" for k, v in s["features"].items()),
+        f"tasks        {len(s['tasks'])}: " + ", ".join(f"{k} ({v})" for k, v in s["tasks"].items()),
+        "success      " + ("n/a (no success labels)" if s["success_rate"] is None else
+                            f"{100 * s['success_rate']:.1f}% of kept episodes; expert succeeded in "
+                            f"{s['episodes']} of {s['episodes'] + s['failed_expert_attempts']} attempts "
+                            f"({s['failed_expert_attempts']} failures discarded)"),
+        f"disk         {s['disk_mb']:.1f} MiB",
+    ]
+    return "\n".join(lines)
+
+
+def write_preview(root: str | Path, out: str | Path, episodes: list[int] | None = None, max_frames: int = 200,
+                  fps: float | None = None) -> Path:
+    """A GIF of the chosen episodes (default: the first of each task), cameras side by side."""
+    import imageio.v3 as iio
+
+    store = EpisodeStore.open(root)
+    if episodes is None:
+        seen: set[str] = set()
+        episodes = []
+        for i, e in enumerate(store.episodes):
+            name = e.get("task_name") or e.get("task", "")
+            if name not in seen:
+                seen.add(name)
+                episodes.append(i)
+            if len(episodes) >= 8:
+                break
+    bad = [e for e in episodes if not 0 <= e < len(store.episodes)]
+    if bad:
+        raise DefiError(f"episode {bad[0]}: expected 0..{len(store.episodes) - 1}")
+    frames: list[np.ndarray] = []
+    for ep in episodes:
+        views = [store.read(ep, IMAGE_PREFIX + cam) for cam in store.info.cameras]
+        frames.extend(np.concatenate(views, axis=2))  # t h (v w) c
+    if not frames:
+        raise DefiError(f"{root}: nothing to preview")
+    stride = max(1, len(frames) // max_frames)
+    frames = frames[::stride]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    duration_ms = 1000.0 * stride / (fps or store.info.fps)
+    iio.imwrite(out, np.stack(frames), duration=max(duration_ms, 20), loop=0)
+    return out
+
+
+def info_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="defi data info", description="Summarise an episode store.")
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    summary = store_summary(args.dir)
+    if args.json:
+        import json
+
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def preview_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="defi data preview", description="Write a GIF of some episodes.")
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="output .gif")
+    parser.add_argument("--episodes", default=None, help="comma-separated episode indices (default: one per task)")
+    parser.add_argument("--max-frames", type=int, default=200)
+    args = parser.parse_args(argv)
+    episodes = None
+    if args.episodes:
+        try:
+            episodes = [int(x) for x in args.episodes.split(",") if x.strip()]
+        except ValueError:
+            raise DefiError(f"--episodes {args.episodes!r}: expected comma-separated integers") from None
+    path = write_preview(args.dir, args.out, episodes, max_frames=args.max_frames)
+    print(f"wrote {path}")
+    return 0

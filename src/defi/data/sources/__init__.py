@@ -1,0 +1,1 @@
+"""Ingest sources: one module per external format, each writing an episode store."""

@@ -1,0 +1,221 @@
+"""Meta-World v3 behind one small wrapper: the data generator and the closed-loop evaluation both use it.
+
+`MetaWorldEnv(task, seed)` builds the goal-observable v3 environment of `task`, re-draws object and goal
+positions from its own seeded generator at every `reset` (Meta-World freezes them after construction unless told
+otherwise), renders any number of cameras headless and fast, and returns observations in the Policy API's key
+format:
+
+    "observation.images.<camera>": uint8 [h, w, 3]  (HWC, the right way up)
+    "observation.state":           float32 [4]      (end-effector xyz and gripper opening, as LeRobot's wrapper)
+    "observation.environment_state": float32 [39]   (Meta-World's full flat observation, for scripted experts)
+
+Rendering goes straight through `mujoco.Renderer` (one per image size) rather than gymnasium's renderer so
+that several cameras can share one GL context. At 64x64 on a software GL (llvmpipe) the fixed cost per frame
+dominates, so the options that cost time and add nothing at that size are turned off: multisampling
+(`model.vis.quality.offsamples = 0`) and shadows, reflections and the skybox (scene flags that
+`update_scene` resets, so they are cleared after each update). The `corner*` cameras of the Sawyer scene look
+at the table upside down; their images are rotated by 180 degrees (`img[::-1, ::-1]`), as LeRobot does.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import warnings  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from defi.errors import DefiError  # noqa: E402
+
+MT10: tuple[str, ...] = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+ACTION_DIM = 4
+STATE_DIM = 4
+ENV_STATE_DIM = 39
+EMBODIMENT = "sawyer"
+
+
+def all_tasks() -> tuple[str, ...]:
+    """The 50 Meta-World v3 task names (MT50), in Meta-World's order."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return tuple(ALL_V3_ENVIRONMENTS.keys())
+
+
+MT50_NAME = "MT50"
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
+    """Task names from "MT10", "MT50", or names (comma-separated or a list; the "-v3" suffix is optional).
+
+    An unknown name raises `DefiError` listing the valid ones.
+    """
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    items = [s for s in items if s]
+    if not items:
+        raise DefiError("tasks: expected MT10, MT50 or Meta-World task names, got nothing")
+    valid = all_tasks()
+    out: list[str] = []
+    for item in items:
+        if item.upper() == "MT10":
+            names: Sequence[str] = MT10
+        elif item.upper() == MT50_NAME:
+            names = valid
+        else:
+            name = item if item.endswith("-v3") else f"{item}-v3"
+            if name not in valid:
+                raise DefiError(
+                    f"unknown Meta-World task {item!r}; valid: MT10, MT50, " + ", ".join(t[:-3] for t in valid)
+                )
+            names = [name]
+        out += [n for n in names if n not in out]
+    return out
+
+
+def task_label(task: str) -> str:
+    """A task's name without the version suffix, e.g. "pick-place"."""
+    return task[:-3] if task.endswith("-v3") else task
+
+
+class MetaWorldEnv:
+    """One Meta-World v3 task with seeded random object/goal positions, cameras and its scripted expert."""
+
+    def __init__(
+        self,
+        task: str,
+        seed: int = 0,
+        cameras: Sequence[str] = ("corner",),
+        image_size: int | tuple[int, int] = 64,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        import mujoco
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+        from metaworld.policies import ENV_POLICY_MAP
+
+        (self.task,) = resolve_tasks([task])
+        for cam in cameras:
+            if cam not in CAMERAS:
+                raise DefiError(f"unknown Meta-World camera {cam!r}; valid: {', '.join(CAMERAS)}")
+        self.cameras = tuple(cameras)
+        self.height, self.width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self._mujoco = mujoco
+        self._env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{self.task}-goal-observable"](seed=seed)
+        # Meta-World freezes positions after construction; draw new ones at each reset from the seeded generator.
+        self._env._freeze_rand_vec = False
+        self._env.seeded_rand_vec = True
+        self._env.seed(seed)
+        self.max_episode_steps = int(max_episode_steps or self._env.max_path_length)
+        self.fps = float(round(1.0 / self._env.dt))
+        self._expert = ENV_POLICY_MAP[self.task]()
+        self._renderer = None
+        if self.cameras:
+            model = self._env.model
+            model.vis.quality.offsamples = 0
+            # The offscreen buffer only needs to hold the largest image rendered.
+            model.vis.global_.offwidth = max(self.width, 1)
+            model.vis.global_.offheight = max(self.height, 1)
+            self._renderer = mujoco.Renderer(model, self.height, self.width)
+        self._raw_obs: np.ndarray | None = None
+        self.steps = 0
+        self.success = False
+
+    # -- episode ---------------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Start an episode; `seed` re-seeds the position generator (the same seed gives the same scene)."""
+        if seed is not None:
+            self._env.seed(int(seed))
+        self._raw_obs, _ = self._env.reset()
+        self.steps = 0
+        self.success = False
+        return self.observation()
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, dict[str, Any]]:
+        """Apply a 4-dim action in [-1, 1]; returns (observation, reward, done, info).
+
+        `done` is True once `max_episode_steps` steps were taken; `info["success"]` is this step's success flag
+        and `self.success` whether the episode has succeeded at any step (Meta-World's success criterion).
+        """
+        if self._raw_obs is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(ACTION_DIM), -1.0, 1.0)
+        self._raw_obs, reward, _, _, info = self._env.step(action)
+        self.steps += 1
+        info = dict(info)
+        info["success"] = bool(info.get("success", 0.0))
+        self.success = self.success or info["success"]
+        done = self.steps >= self.max_episode_steps
+        return self.observation(), float(reward), done, info
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action for the current state (float32 [4], clipped to [-1, 1])."""
+        if self._raw_obs is None:
+            raise RuntimeError("call reset() before expert_action()")
+        with warnings.catch_warnings():
+            # The scripted experts warn on every large correction; the action is clipped to [-1, 1] anyway.
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            action = self._expert.get_action(self._raw_obs)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    # -- observations ----------------------------------------------------------------------------------------
+    def observation(self) -> dict[str, np.ndarray]:
+        assert self._raw_obs is not None
+        obs = {f"observation.images.{cam}": img for cam, img in self.render().items()}
+        obs["observation.state"] = self._raw_obs[:STATE_DIM].astype(np.float32)
+        obs["observation.environment_state"] = self._raw_obs.astype(np.float32)
+        return obs
+
+    def render(self) -> dict[str, np.ndarray]:
+        """uint8 [h, w, 3] per camera, the right way up."""
+        if self._renderer is None:
+            return {}
+        flags = self._mujoco.mjtRndFlag
+        images = {}
+        for cam in self.cameras:
+            self._renderer.update_scene(self._env.data, camera=cam)
+            scene_flags = self._renderer.scene.flags
+            scene_flags[flags.mjRND_SHADOW] = 0
+            scene_flags[flags.mjRND_REFLECTION] = 0
+            scene_flags[flags.mjRND_SKYBOX] = 0
+            img = self._renderer.render()
+            images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if cam.startswith("corner") else img
+        return images
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "cameras": list(self.cameras),
+            "image_size": [self.height, self.width],
+            "fps": self.fps,
+            "action_dim": ACTION_DIM,
+            "state_dim": STATE_DIM,
+            "max_episode_steps": self.max_episode_steps,
+            "embodiment": EMBODIMENT,
+        }
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._env.close()
+
+    def __enter__(self) -> MetaWorldEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

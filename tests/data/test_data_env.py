@@ -1,0 +1,50 @@
+"""The Meta-World v3 wrapper: task lists, observations in the Policy API format, seeding, expert, cameras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defi.envs.metaworld import MT10, MetaWorldEnv, all_tasks, resolve_tasks
+from defi.errors import DefiError
+
+
+def test_task_lists_and_unknown_names():
+    assert resolve_tasks("MT10") == list(MT10)
+    assert len(resolve_tasks("MT50")) == 50 == len(all_tasks())
+    assert resolve_tasks("reach, push-v3") == ["reach-v3", "push-v3"]
+    with pytest.raises(DefiError, match=r"unknown Meta-World task 'stack-cups'.*valid: MT10, MT50, .*pick-place"):
+        resolve_tasks("reach,stack-cups")
+
+
+def test_observation_format_seeding_and_expert():
+    env = MetaWorldEnv("reach", seed=0, cameras=("corner", "gripperPOV"), image_size=32)
+    try:
+        obs = env.reset(seed=7)
+        assert set(obs) == {"observation.images.corner", "observation.images.gripperPOV", "observation.state",
+                            "observation.environment_state"}
+        assert obs["observation.images.corner"].shape == (32, 32, 3)
+        assert obs["observation.images.corner"].dtype == np.uint8
+        assert obs["observation.state"].shape == (4,) and obs["observation.state"].dtype == np.float32
+        goal_a = obs["observation.environment_state"][-3:].copy()
+        goal_again = env.reset(seed=7)["observation.environment_state"][-3:]
+        goal_b = env.reset(seed=8)["observation.environment_state"][-3:]
+        np.testing.assert_array_equal(goal_a, goal_again)
+        assert not np.allclose(goal_a, goal_b)  # positions are randomised per seed
+        assert env.fps == 80.0 and env.max_episode_steps == 500
+        for _ in range(150):
+            obs, _, done, info = env.step(env.expert_action())
+            if env.success:
+                break
+        assert env.success and info["success"]
+        # corner cameras are rotated by 180 degrees: the wrapper's image is the raw render flipped on both axes
+        env._renderer.update_scene(env._env.data, camera="corner")
+        raw = env._renderer.render()
+        np.testing.assert_array_equal(env.render()["corner"], raw[::-1, ::-1])
+    finally:
+        env.close()
+
+
+def test_unknown_camera():
+    with pytest.raises(DefiError, match="unknown Meta-World camera 'wrist'"):
+        MetaWorldEnv("reach", cameras=("wrist",))
