@@ -124,3 +124,38 @@ def test_cli_reports_bad_config_keys(capsys):
     assert "model.heads" in err and "divisor of dim" in err
     assert main(["pretrain-idm", "--preset", "huge"]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_cli_trains_on_an_action_free_episode_store(tmp_path, capsys):
+    """`defi pretrain-idm` on a store written by the data layer from captioned videos (no actions: no probe)."""
+    import av
+    import numpy as np
+
+    from defi.cli import main
+    from defi.data.sources.videos import ingest_videos
+
+    rows = ["file,caption"]
+    for i in range(3):
+        with av.open(str(tmp_path / f"v{i}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            for k in range(14):
+                img = np.full((32, 32, 3), 30, np.uint8)
+                img[4 + i * 6 : 12 + i * 6, k : k + 8] = 230
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        rows.append(f"v{i}.mp4,slide the block")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    ingest_videos(tmp_path / "captions.csv", tmp_path / "store", fps=10, size=32, progress=False)
+    (tmp_path / "cfg.json").write_text(json.dumps({
+        "data": {"sources": [[str(tmp_path / "store"), 1.0]], "cameras": ["main"], "val_fraction": 0.34},
+        "run_dir": str(tmp_path / "run"),
+    }))
+    code = main(["pretrain-idm", "--preset", "tiny", "--config", str(tmp_path / "cfg.json"), "--trainer.max-steps", "3"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval/copy_mse"] > 0 and "eval/codes_used_fraction" in metrics
+    assert "eval/probe_r2_latent_action" not in metrics  # action-free: nothing to probe against
+    assert GIDM.from_pretrained(tmp_path / "run" / "model").config.num_patches == 16

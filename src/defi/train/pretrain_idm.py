@@ -32,14 +32,7 @@ from defi.models.inverse.attention_png import save_attention_png
 from defi.models.inverse.probe import ridge_probe
 from defi.train.trainer import TrainerConfig, Trainer
 
-try:
-    from defi.data import DATA_PRESETS, DataConfig, build_clip_dataset
-except ImportError:  # the data layer is not merged on this branch yet: the stage still runs on given datasets
-    DATA_PRESETS, build_clip_dataset = {}, None
-
-    @dataclass
-    class DataConfig(Config):  # type: ignore[no-redef]
-        sources: list[tuple[str, float]] = field(default_factory=list)
+from defi.data import DATA_PRESETS, DataConfig, build_clip_dataset
 
 
 @dataclass
@@ -301,8 +294,6 @@ def evaluate_gidm(
 
 # ---------------------------------------------------------------------------------------------- the stage
 def _load_split(cfg: PretrainIDMConfig, split: str) -> Dataset:
-    if build_clip_dataset is None:
-        raise DefiError("the data layer (defi.data.build_clip_dataset) is not installed in this checkout")
     return build_clip_dataset(cfg.data, split)
 
 
@@ -383,7 +374,7 @@ def pretrain_idm(
 
 # ----------------------------------------------------------------------------------------------- presets
 def _data_preset(name: str) -> DataConfig:
-    return DATA_PRESETS[name]() if name in DATA_PRESETS else DataConfig()
+    return DATA_PRESETS[name]()
 
 
 def preset_tiny() -> PretrainIDMConfig:
@@ -400,11 +391,9 @@ def preset_tiny() -> PretrainIDMConfig:
 
 def preset_small() -> PretrainIDMConfig:
     # sized for a shared 2-core CPU: 4 x 4 patch tokens of 64 x 64 frames, a 128-wide 3-layer GIDM
-    data = _data_preset("small")
-    if DATA_PRESETS:
-        # the GIDM reads o_t and o_{t+n} only: no future clip frames; an action chunk as long as the ~1 s interval
-        # (80 steps at Meta-World's 80 fps) so that the probe's target is the mean action over o_t -> o_{t+n}
-        data = replace(data, cameras=("corner",), future_frames=1, action_horizon=80)
+    # the GIDM reads o_t and o_{t+n} only: no future clip frames; an action chunk as long as the ~1 s interval
+    # (80 steps at Meta-World's 80 fps) so that the probe's target is the mean action over o_t -> o_{t+n}
+    data = replace(_data_preset("small"), cameras=("corner",), future_frames=1, action_horizon=80)
     return PretrainIDMConfig(
         data=data,
         frame_encoder=FrameEncoderConfig(kind="patch", image_size=64, patch_size=16, dim=256),
