@@ -27,7 +27,7 @@ def timed(fn, repeats: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def inputs(cfg, batch: int, text_len: int = 32):
+def inputs(cfg, batch: int, text_len: int = 16):  # MiniLM max_length at small
     cur = torch.randn(batch, cfg.num_patches, cfg.feature_dim)
     fut = torch.randn(batch, cfg.num_patches, cfg.feature_dim)
     text = torch.randn(batch, text_len, cfg.text_dim)
@@ -66,7 +66,7 @@ def latency(cfg, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)  # the small preset's batch
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-paper", action="store_true")
     args = parser.parse_args()
@@ -77,6 +77,13 @@ def main() -> None:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     mm = timed(lambda: a @ b, 20)
     print(f"baseline matmul 1024^3: {mm * 1e3:.2f} ms ({2 * 1024**3 / mm / 1e9:.1f} GFLOP/s)")
+
+    from defi.models.encoders.frame import FrameEncoderConfig, build_frame_encoder
+
+    enc = build_frame_encoder(FrameEncoderConfig())  # the small preset's patch encoder
+    frames = torch.randint(0, 256, (256, 3, 64, 64), dtype=torch.uint8)
+    t = timed(lambda: enc(frames), 5)
+    print(f"patch frame encoder, 64x64 -> {enc.num_patches} x {enc.dim}: {256 / t:,.0f} frames/s (= {t / mm:.2f} matmuls per 256)")
 
     print("\nparameters (GIDM incl. the pretraining decoder | encoder part kept for the policy)")
     for name, fn in (("tiny", gidm_tiny), ("small", gidm_small), ("paper", gidm_paper)):
@@ -90,7 +97,7 @@ def main() -> None:
 
     small = gidm_small()
     print(f"\ntraining at small (batch {args.batch}, P={small.num_patches}, D={small.feature_dim}, dim {small.dim}, "
-          f"depth {small.depth}, text 32 tokens):")
+          f"depth {small.depth}, text 16 tokens):")
     base = None
     for name in ("gidm", "transformer", "mlp"):
         t = train_step_time(table7_variant(small, name), args.batch, args.steps)

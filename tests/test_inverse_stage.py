@@ -70,7 +70,8 @@ def test_pretrain_idm_stage_end_to_end(tmp_path):
                 "eval/probe_r2_latent_action", "eval/probe_r2_feature_diff", "parameters"):
         assert key in on_disk and on_disk[key] == metrics[key], key
     assert 0 < on_disk["eval/codes_used_fraction"] <= 1 and on_disk["eval/code_perplexity"] >= 1
-    assert on_disk["eval/probe_test_clips"] == 16  # 2 of 8 episodes held out for the probe
+    # probe fitted on the train split's clips, scored on the held-out split's
+    assert on_disk["eval/probe_fit_clips"] == 64 and on_disk["eval/probe_test_clips"] == 64
     pngs = list((run / "attention").glob("step_*.png"))
     assert pngs and pngs[0].stat().st_size > 1000
     gidm = GIDM.from_pretrained(run / "model")
@@ -80,6 +81,22 @@ def test_pretrain_idm_stage_end_to_end(tmp_path):
     # the frozen encoders stay out of the checkpoint
     assert not any(k.startswith(("frame_encoder", "text_encoder")) for k in GIDMPretrainModule(
         gidm, None, None).state_dict())
+
+
+def test_probe_on_one_split_holds_out_whole_episodes():
+    from defi.models.encoders.frame import build_frame_encoder
+    from defi.models.inverse import gidm_tiny
+    from defi.train.pretrain_idm import encode_clips, evaluate_gidm
+
+    cfg = preset_tiny()
+    enc = build_frame_encoder(cfg.frame_encoder)
+    cached = encode_clips(MovingSquareClips(), enc, 0)
+    gidm = GIDM(replace(gidm_tiny(), text_dim=0))
+    out = evaluate_gidm(GIDMPretrainModule(gidm, enc, None), cached, cached, cfg.eval)
+    assert out["probe_test_clips"] == 16 and out["probe_fit_clips"] == 48  # 2 of 8 episodes scored
+    # the pooled feature difference of a moving square carries its displacement: a linear probe finds some of it
+    assert 0.05 < out["probe_train_r2_feature_diff"] <= 1
+    assert out["mse"] == pytest.approx(out["copy_mse"])  # an untrained decoder predicts e_t
 
 
 def test_stage_rejects_clips_without_the_contract_keys(tmp_path):
@@ -97,3 +114,48 @@ def test_stage_rejects_clips_without_the_contract_keys(tmp_path):
         pretrain_idm(cfg, NoGoal(), NoGoal())
     with pytest.raises(ConfigError, match="view_index"):
         pretrain_idm(replace(cfg, view_index=5), MovingSquareClips(), MovingSquareClips())
+
+
+def test_cli_reports_bad_config_keys(capsys):
+    from defi.cli import main
+
+    assert main(["pretrain-idm", "--preset", "tiny", "--model.heads", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.heads" in err and "divisor of dim" in err
+    assert main(["pretrain-idm", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_cli_trains_on_an_action_free_episode_store(tmp_path, capsys):
+    """`defi pretrain-idm` on a store written by the data layer from captioned videos (no actions: no probe)."""
+    import av
+    import numpy as np
+
+    from defi.cli import main
+    from defi.data.sources.videos import ingest_videos
+
+    rows = ["file,caption"]
+    for i in range(3):
+        with av.open(str(tmp_path / f"v{i}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            for k in range(14):
+                img = np.full((32, 32, 3), 30, np.uint8)
+                img[4 + i * 6 : 12 + i * 6, k : k + 8] = 230
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        rows.append(f"v{i}.mp4,slide the block")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    ingest_videos(tmp_path / "captions.csv", tmp_path / "store", fps=10, size=32, progress=False)
+    (tmp_path / "cfg.json").write_text(json.dumps({
+        "data": {"sources": [[str(tmp_path / "store"), 1.0]], "cameras": ["main"], "val_fraction": 0.34},
+        "run_dir": str(tmp_path / "run"),
+    }))
+    code = main(["pretrain-idm", "--preset", "tiny", "--config", str(tmp_path / "cfg.json"), "--trainer.max-steps", "3"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval/copy_mse"] > 0 and "eval/codes_used_fraction" in metrics
+    assert "eval/probe_r2_latent_action" not in metrics  # action-free: nothing to probe against
+    assert GIDM.from_pretrained(tmp_path / "run" / "model").config.num_patches == 16

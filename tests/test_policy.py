@@ -44,6 +44,8 @@ def test_trainable_parts_follow_table9(policy):
     assert not any(p.requires_grad for n, p in policy.gidm.named_parameters() if n.startswith("decoder"))
     p2 = DeFIPolicy(replace(policy_tiny(), trainable="adapter"))
     assert not any(p.requires_grad for p in p2.gidm.parameters())
+    p2.train()
+    assert not p2.gidm.training and not p2.gfdm.training and p2.adapter.training  # frozen codebook stays put
     p3 = DeFIPolicy(replace(policy_tiny(), trainable="all"))
     assert all(p.requires_grad for p in p3.gfdm.parameters())
 

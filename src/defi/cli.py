@@ -17,6 +17,7 @@ from defi.errors import DefiError
 # name -> ("module:function", one-line help). Two-word names ("data metaworld") form groups.
 COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("defi.utils.environment:env_main", "Print versions, device and mixed-precision support."),
+    "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
     "pretrain-fdm": ("defi.train.pretrain_fdm:pretrain_fdm_main", "Pretrain the forward dynamics model (GFDM, video diffusion)."),
     "data metaworld": ("defi.data.sources.metaworld:metaworld_main", "Generate Meta-World v3 expert episodes."),
     "data videos": ("defi.data.sources.videos:videos_main", "Ingest a folder of captioned videos (action-free)."),

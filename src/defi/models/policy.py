@@ -216,6 +216,15 @@ class DeFIPolicy(PretrainedMixin, nn.Module):
             if name.startswith("decoder"):
                 param.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> "DeFIPolicy":
+        # a frozen part stays in eval mode: no dropout, and the GIDM's EMA codebook must not drift
+        super().train(mode)
+        if self.trainable not in ("gfdm+adapter", "all"):
+            self.gfdm.eval()
+        if self.trainable not in ("gidm+adapter", "all"):
+            self.gidm.eval()
+        return self
+
     def set_normalization(self, action_stats: Mapping[str, Any], state_stats: Mapping[str, Any] | None = None) -> None:
         self.action_normalizer.set_stats(action_stats)
         if self.state_normalizer is not None:

@@ -32,21 +32,14 @@ from defi.models.inverse.attention_png import save_attention_png
 from defi.models.inverse.probe import ridge_probe
 from defi.train.trainer import TrainerConfig, Trainer
 
-try:
-    from defi.data import DATA_PRESETS, DataConfig, build_clip_dataset
-except ImportError:  # the data layer is not merged on this branch yet: the stage still runs on given datasets
-    DATA_PRESETS, build_clip_dataset = {}, None
-
-    @dataclass
-    class DataConfig(Config):  # type: ignore[no-redef]
-        sources: list[tuple[str, float]] = field(default_factory=list)
+from defi.data import DATA_PRESETS, DataConfig, build_clip_dataset
 
 
 @dataclass
 class IDMEvalConfig(Config):
     max_clips: int = 2048  # held-out clips scored (evenly spaced over the split)
     batch_size: int = 64
-    probe_test_fraction: float = 0.25  # share of the labeled split's episodes the probe is scored on
+    probe_test_fraction: float = 0.25  # when probe_split == eval_split: share of its episodes the probe is scored on
     probe_action_steps: int = 0  # the probe target is the mean of the first K valid actions (0 = all of the chunk)
     attention_examples: int = 6  # rows in the attention PNG (0 = none)
 
@@ -64,8 +57,8 @@ class PretrainIDMConfig(Config):
     data: DataConfig = field(default_factory=DataConfig)
     train_split: str = "train"
     eval_split: str = "val"
-    probe_split: str = "val"
-    """A split with actions, used only for the linear probe."""
+    probe_split: str = "train"
+    """A split with actions on which the linear probe is fitted (it is scored on eval_split's clips)."""
     view_index: int = 0
     """Which camera view of the clip (index into data.cameras) the GIDM sees."""
     frame_encoder: FrameEncoderConfig = field(default_factory=FrameEncoderConfig)
@@ -114,9 +107,9 @@ def _check_clip(item: dict[str, Any], view_index: int) -> None:
 @torch.no_grad()
 def encode_clips(
     dataset: Dataset, frame_encoder: FrameEncoder, view_index: int, indices: Sequence[int] | None = None,
-    batch_size: int = 64, num_workers: int = 0, keep_images: int = 0, desc: str = "encoding frames",
-) -> tuple[CachedClipDataset, dict[str, torch.Tensor]]:
-    """Encode o_t and o_{t+n} of every clip once; returns the cached dataset and the first `keep_images` images."""
+    batch_size: int = 64, num_workers: int = 0, desc: str = "encoding frames",
+) -> CachedClipDataset:
+    """Encode o_t and o_{t+n} of every clip once (the encoders are frozen)."""
     from tqdm.auto import tqdm
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
@@ -125,8 +118,6 @@ def encode_clips(
     _check_clip(dataset[indices[0]], view_index)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     cur, fut, instr, acts, amask, has, ep = [], [], [], [], [], [], []
-    kept: dict[str, list[torch.Tensor]] = {"images": [], "goal_images": []}
-    n_kept = 0
     for batch in tqdm(loader, desc=desc, leave=False):
         images, goals = batch["images"][:, view_index], batch["goal_images"][:, view_index]
         cur.append(frame_encoder(images).half().cpu())
@@ -137,14 +128,8 @@ def encode_clips(
             amask.append(batch["action_mask"].bool())
             has.append(batch["has_actions"].bool())
             ep.append(batch["episode_index"].long())
-        if n_kept < keep_images:
-            take = min(keep_images - n_kept, images.shape[0])
-            kept["images"].append(images[:take])
-            kept["goal_images"].append(goals[:take])
-            n_kept += take
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
-    cached = CachedClipDataset(cat(cur), cat(fut), instr, cat(acts), cat(amask), cat(has), cat(ep))
-    return cached, {k: torch.cat(v) for k, v in kept.items() if v}
+    return CachedClipDataset(cat(cur), cat(fut), instr, cat(acts), cat(amask), cat(has), cat(ep))
 
 
 def _evenly_spaced(n: int, k: int) -> list[int]:
@@ -202,6 +187,56 @@ def _probe_target(actions: torch.Tensor, mask: torch.Tensor, steps: int) -> torc
     return (actions * w).sum(1) / w.sum(1).clamp(min=1)
 
 
+def _labeled(ds: CachedClipDataset, steps: int) -> tuple[CachedClipDataset, torch.Tensor, torch.Tensor] | None:
+    """Clips with actions, sorted by episode: (clips, probe targets [M, A], episode ids [M])."""
+    if ds.actions is None:
+        return None
+    idx = (ds.has_actions & ds.action_mask.any(1)).nonzero().squeeze(1)
+    if len(idx) < 4:
+        return None
+    order = idx[torch.argsort(ds.episode_index[idx], stable=True)]
+    sub = CachedClipDataset(ds.current[order], ds.future[order], [ds.instructions[i] for i in order.tolist()])
+    return sub, _probe_target(ds.actions[order], ds.action_mask[order], steps), ds.episode_index[order]
+
+
+def _probes(run, eval_set: CachedClipDataset, probe_set: CachedClipDataset, cfg: IDMEvalConfig) -> dict[str, float]:
+    """Ridge probes latent action -> true action and pooled (e_{t+n} - e_t) -> true action, R^2 on held-out clips.
+
+    Fitted on the probe split and scored on the eval split's labeled clips; when both are the same split, its
+    episodes are divided instead (the last `probe_test_fraction` of them are scored).
+    """
+    test_part = _labeled(eval_set, cfg.probe_action_steps)
+    if test_part is None:
+        return {}
+    if probe_set is eval_set:
+        sub, y, episodes = test_part
+        uniq = episodes.unique(sorted=True)
+        n_test = max(1, int(round(cfg.probe_test_fraction * len(uniq))))
+        if len(uniq) > n_test:
+            test = torch.isin(episodes, uniq[-n_test:])
+        else:  # a single episode: split its clips in time instead
+            test = torch.arange(len(y)) >= int(len(y) * (1 - cfg.probe_test_fraction))
+        _, latent_x, diff_x, _ = run(sub)
+        fit_rows, test_rows = ~test, test
+        xs = {"latent_action": (latent_x[fit_rows], latent_x[test_rows]), "feature_diff": (diff_x[fit_rows], diff_x[test_rows])}
+        y_fit, y_test = y[fit_rows], y[test_rows]
+    else:
+        fit_part = _labeled(probe_set, cfg.probe_action_steps)
+        if fit_part is None:
+            return {}
+        (fit_sub, y_fit, _), (test_sub, y_test, _) = fit_part, test_part
+        _, lf, df, _ = run(fit_sub)
+        _, lt, dt, _ = run(test_sub)
+        xs = {"latent_action": (lf, lt), "feature_diff": (df, dt)}
+    out: dict[str, float] = {}
+    for name, (x_fit, x_test) in xs.items():
+        res = ridge_probe(x_fit, y_fit, x_test, y_test)
+        out[f"probe_r2_{name}"] = res["r2"]
+        out[f"probe_train_r2_{name}"] = res["train_r2"]
+    out["probe_fit_clips"], out["probe_test_clips"] = float(len(y_fit)), float(len(y_test))
+    return out
+
+
 @torch.no_grad()
 def evaluate_gidm(
     module: GIDMPretrainModule, eval_set: CachedClipDataset, probe_set: CachedClipDataset | None,
@@ -242,44 +277,23 @@ def evaluate_gidm(
     elif codes and q.kind == "binning":
         out["bins_used_fraction"], out["bin_perplexity"] = code_usage(torch.cat(codes), q.num_bins)
 
-    if probe_set is not None and probe_set.actions is not None:
-        labeled = probe_set.has_actions & probe_set.action_mask.any(1)
-        if int(labeled.sum()) >= 8:
-            idx = labeled.nonzero().squeeze(1)
-            order = idx[torch.argsort(probe_set.episode_index[idx], stable=True)]
-            sub = CachedClipDataset(probe_set.current[order], probe_set.future[order],
-                                    [probe_set.instructions[i] for i in order.tolist()])
-            _, latent_x, diff_x, _ = run(sub)
-            y = _probe_target(probe_set.actions[order], probe_set.action_mask[order], cfg.probe_action_steps)
-            episodes = probe_set.episode_index[order]
-            uniq = episodes.unique(sorted=True)
-            n_test_eps = max(1, int(round(cfg.probe_test_fraction * len(uniq))))
-            if len(uniq) > n_test_eps:
-                test = torch.isin(episodes, uniq[-n_test_eps:])
-            else:  # a single episode: split its clips in time instead
-                test = torch.arange(len(order)) >= int(len(order) * (1 - cfg.probe_test_fraction))
-            for name, x in (("latent_action", latent_x), ("feature_diff", diff_x)):
-                res = ridge_probe(x[~test], y[~test], x[test], y[test])
-                out[f"probe_r2_{name}"] = res["r2"]
-                out[f"probe_train_r2_{name}"] = res["train_r2"]
-            out["probe_clips"] = float(len(order))
-            out["probe_test_clips"] = float(int(test.sum()))
+    if probe_set is not None:
+        out.update(_probes(run, eval_set, probe_set, cfg))
 
     if attention and attention_path is not None and gidm.config.architecture != "mlp" and grid is not None:
-        k = attention["images"].shape[0]
-        batch = {"current_features": eval_set.current[:k].to(device), "future_features": eval_set.future[:k].to(device),
-                 "instruction": eval_set.instructions[:k]}
+        rows = attention["positions"].tolist()
+        batch = {"current_features": eval_set.current[rows].to(device),
+                 "future_features": eval_set.future[rows].to(device),
+                 "instruction": [eval_set.instructions[i] for i in rows]}
         weights = gidm.query_attention(*module.inputs(batch))
         save_attention_png(attention_path, attention["images"], attention["goal_images"], weights.cpu(), grid,
-                           eval_set.instructions[:k])
+                           batch["instruction"])
     gidm.train(was_training)
     return out
 
 
 # ---------------------------------------------------------------------------------------------- the stage
 def _load_split(cfg: PretrainIDMConfig, split: str) -> Dataset:
-    if build_clip_dataset is None:
-        raise DefiError("the data layer (defi.data.build_clip_dataset) is not installed in this checkout")
     return build_clip_dataset(cfg.data, split)
 
 
@@ -302,7 +316,8 @@ def pretrain_idm(
     train_dataset = train_dataset if train_dataset is not None else _load_split(cfg, cfg.train_split)
     eval_dataset = eval_dataset if eval_dataset is not None else _load_split(cfg, cfg.eval_split)
     if probe_dataset is None:
-        probe_dataset = eval_dataset if cfg.probe_split == cfg.eval_split else _load_split(cfg, cfg.probe_split)
+        known = {cfg.eval_split: eval_dataset, cfg.train_split: train_dataset}
+        probe_dataset = known[cfg.probe_split] if cfg.probe_split in known else _load_split(cfg, cfg.probe_split)
     workers = cfg.trainer.num_workers
 
     if cfg.cache_features:
@@ -312,19 +327,26 @@ def pretrain_idm(
                 f"config key cache_features=True: the train split's features need {gib:.1f} GiB, over "
                 f"cache_max_gib={cfg.cache_max_gib}; raise cache_max_gib or pass --no-cache-features")
         train_set: Dataset = encode_clips(train_dataset, frame_encoder, cfg.view_index, num_workers=workers,
-                                          batch_size=cfg.eval.batch_size, desc="encoding train clips")[0]
+                                          batch_size=cfg.eval.batch_size, desc="encoding train clips")
     else:
         _check_clip(train_dataset[0], cfg.view_index)
         train_set = train_dataset
     eval_idx = _evenly_spaced(len(eval_dataset), cfg.eval.max_clips)
-    eval_set, shown = encode_clips(eval_dataset, frame_encoder, cfg.view_index, eval_idx, cfg.eval.batch_size,
-                                   workers, keep_images=cfg.eval.attention_examples, desc="encoding eval clips")
+    eval_set = encode_clips(eval_dataset, frame_encoder, cfg.view_index, eval_idx, cfg.eval.batch_size, workers,
+                            desc="encoding eval clips")
+    # attention maps for a few clips spread over the held-out split (different episodes and tasks)
+    positions = _evenly_spaced(len(eval_idx), cfg.eval.attention_examples) if cfg.eval.attention_examples else []
+    items = [eval_dataset[eval_idx[i]] for i in positions]
+    shown = {"positions": torch.tensor(positions, dtype=torch.long),
+             "images": torch.stack([it["images"][cfg.view_index] for it in items]) if items else None,
+             "goal_images": torch.stack([it["goal_images"][cfg.view_index] for it in items]) if items else None}
+    shown = shown if items else None
     if probe_dataset is eval_dataset:
         probe_set = eval_set
     else:
         probe_idx = _evenly_spaced(len(probe_dataset), cfg.eval.max_clips)
         probe_set = encode_clips(probe_dataset, frame_encoder, cfg.view_index, probe_idx, cfg.eval.batch_size,
-                                 workers, desc="encoding probe clips")[0]
+                                 workers, desc="encoding probe clips")
 
     gidm = GIDM(model_cfg)
     module = GIDMPretrainModule(gidm, frame_encoder, text_encoder, cfg.view_index)
@@ -352,7 +374,7 @@ def pretrain_idm(
 
 # ----------------------------------------------------------------------------------------------- presets
 def _data_preset(name: str) -> DataConfig:
-    return DATA_PRESETS[name]() if name in DATA_PRESETS else DataConfig()
+    return DATA_PRESETS[name]()
 
 
 def preset_tiny() -> PretrainIDMConfig:
@@ -369,8 +391,11 @@ def preset_tiny() -> PretrainIDMConfig:
 
 def preset_small() -> PretrainIDMConfig:
     # sized for a shared 2-core CPU: 4 x 4 patch tokens of 64 x 64 frames, a 128-wide 3-layer GIDM
+    # the GIDM reads o_t and o_{t+n} only: no future clip frames; an action chunk as long as the ~1 s interval
+    # (80 steps at Meta-World's 80 fps) so that the probe's target is the mean action over o_t -> o_{t+n}
+    data = replace(_data_preset("small"), cameras=("corner",), future_frames=1, action_horizon=80)
     return PretrainIDMConfig(
-        data=_data_preset("small"),
+        data=data,
         frame_encoder=FrameEncoderConfig(kind="patch", image_size=64, patch_size=16, dim=256),
         text_encoder=TextEncoderConfig(kind="minilm", max_length=16),
         model=gidm_small(),

@@ -32,7 +32,8 @@ def save_attention_png(
     h, w = future_images.shape[-2:]
     heat = attention.float().reshape(b, 1, *grid)
     heat = F.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    heat = heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+    lo, hi = heat.flatten(1).amin(1)[:, None, None], heat.flatten(1).amax(1)[:, None, None]
+    heat = (heat - lo) / (hi - lo).clamp(min=1e-12)  # per-example contrast: where the queries look most
     fig, axes = plt.subplots(b, 3, figsize=(6, 2 * b), squeeze=False)
     for i in range(b):
         cur = current_images[i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)

@@ -15,6 +15,8 @@ class QuantizerConfig(Config):
     kind: Literal["vq", "binning", "continuous"] = "vq"
     codebook_size: int = 128  # |C| (paper Table 10)
     code_dim: int = 32  # the query outputs are projected to this size before the lookup (factorised codes)
+    # look codes up by cosine similarity (l2-normalised vectors and codes, as in ViT-VQGAN): keeps more codes in use
+    normalize: bool = False
     commitment_weight: float = 0.25  # beta of the VQ-VAE loss (van den Oord et al. 2017)
     # ema: codebook moves to the running mean of its assigned vectors; loss: codebook loss term, optimised
     update: Literal["ema", "loss"] = "ema"

@@ -222,7 +222,13 @@ class GIDM(PretrainedMixin, nn.Module):
         mse = F.mse_loss(pred, target)
         with torch.no_grad():
             copy_mse = F.mse_loss(current_tokens.to(pred.dtype), target)
-        return {"loss": mse + latent.vq_loss, "mse": mse.detach(), "copy_mse": copy_mse, "vq_loss": latent.vq_loss.detach()}
+        out = {"loss": mse + latent.vq_loss, "mse": mse.detach(), "copy_mse": copy_mse, "vq_loss": latent.vq_loss.detach()}
+        if self.config.quantizer.kind == "vq":
+            # codes used within this batch (a collapse shows here long before the held-out evaluation)
+            counts = torch.bincount(latent.codes.reshape(-1), minlength=self.config.quantizer.codebook_size).float()
+            probs = counts / counts.sum()
+            out["batch_code_perplexity"] = (-(probs * probs.clamp(min=1e-12).log()).sum()).exp()
+        return out
 
     # ---------------------------------------------------------------------------------------- visualisation
     @torch.no_grad()

@@ -51,10 +51,13 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("reinitialised", torch.zeros((), dtype=torch.long))  # dead codes re-drawn so far
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return F.embedding(indices, self.codebook)
+        codebook = F.normalize(self.codebook, dim=-1) if self.config.normalize else self.codebook
+        return F.embedding(indices, codebook)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         codebook = self.codebook.detach()
+        if self.config.normalize:
+            codebook = F.normalize(codebook, dim=-1)
         dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(1)[None]
         return dist2.argmin(1)
 
@@ -85,7 +88,8 @@ class VectorQuantizer(nn.Module):
             self.ema_sum.mul_(cfg.ema_decay).add_(sums, alpha=1 - cfg.ema_decay)
             total = self.ema_count.sum()
             smoothed = (self.ema_count + 1e-5) / (total + cfg.codebook_size * 1e-5) * total  # Laplace smoothing
-            self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
+            means = self.ema_sum / smoothed[:, None]
+            self.codebook.data.copy_(F.normalize(means, dim=-1) if cfg.normalize else means)
         dead = self.ema_count < cfg.dead_code_threshold
         n_dead = int(dead.sum())
         if n_dead:
@@ -97,6 +101,8 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Quantized:
         b = z.shape[0]
+        if self.config.normalize:
+            z = F.normalize(z, dim=-1)
         flat = rearrange(z, "b n c -> (b n) c").float()
         indices = self.nearest(flat)
         if self.training:
