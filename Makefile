@@ -1,4 +1,4 @@
-# Every target does its own set-up, so a fresh machine (no torch, no venv) needs only `make test` or `make demo`.
+# Every target does its own set-up, so a fresh machine (no torch, no venv) needs only `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +19,6 @@ install: $(STAMP)
 
 test: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q
-
-demo: $(STAMP)
-	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/defi demo
-
-bench: $(STAMP)
-	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
