@@ -75,3 +75,10 @@ def test_defi_variant_couples_pretrained_fdm_and_idm_runs(tmp_path, policy_store
     changed = [not torch.equal(p, q) for p, q in zip(policy.gidm.state_dict().values(), gidm.state_dict().values())]
     assert any(changed)
     assert policy.config.frame_encoder == icfg.frame_encoder
+
+    # the no-pretraining baseline: same architecture from the runs' configs, random weights
+    scratch = replace(cfg, run_dir=tmp_path / "scratch", pretrained_weights=False, trainer=replace(cfg.trainer, max_steps=1))
+    finetune(scratch)
+    other = load_policy(scratch.run_dir)
+    assert other.config.inverse == policy.config.inverse and other.config.forward == policy.config.forward
+    assert not torch.equal(other.gfdm.state_dict()["text_proj.weight"], gfdm.state_dict()["text_proj.weight"])

@@ -44,8 +44,8 @@ def variant_config(cfg: CompareConfig, variant: str) -> FinetuneConfig:
             raise DefiError("variant 'defi' needs --fdm and --idm (pretrain-fdm / pretrain-idm run directories)")
         return replace(base, policy_type="defi", fdm=cfg.fdm, idm=cfg.idm)
     if variant == "defi-scratch":
-        # same architecture as the pretrained policy: take the pretrained runs' configs when given, not weights
-        return replace(base, policy_type="defi", fdm="", idm="")
+        # the same architecture as the pretrained policy (the runs' configs when given), random weights
+        return replace(base, policy_type="defi", fdm=cfg.fdm, idm=cfg.idm, pretrained_weights=False)
     return replace(base, policy_type="image_dp", fdm="", idm="")
 
 

@@ -39,6 +39,9 @@ class FinetuneConfig(Config):
     """A `defi pretrain-fdm` run directory (its model/ is used); "" = an untrained GFDM (no pretraining)."""
     idm: str = ""
     """A `defi pretrain-idm` run directory; "" = an untrained GIDM (no pretraining)."""
+    pretrained_weights: bool = True
+    """False: take the GFDM/GIDM architectures (and encoders) from --fdm/--idm but start from random weights, the
+    no-pretraining baseline of the same size."""
     data: DataConfig = field(default_factory=data_small)
     """Labeled demonstrations. Cameras, image size and action horizon are taken from the policy."""
     policy: DeFIPolicyConfig = field(default_factory=policy_small)
@@ -80,6 +83,8 @@ def _pretrained_policy_config(cfg: FinetuneConfig) -> tuple[DeFIPolicyConfig, An
     vf = video_former_for(pcfg.forward)
     pcfg = replace(pcfg, video_former=replace(pcfg.video_former, layers=vf.layers, in_channels=vf.in_channels,
                                               num_frames=vf.num_frames))
+    if not cfg.pretrained_weights:
+        gfdm = gidm = None
     return pcfg, gfdm, gidm
 
 
@@ -156,11 +161,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if trainer.accelerator.is_main_process:
         model.save_pretrained(Path(cfg.run_dir) / "model")
     metrics: dict[str, Any] = {"policy_type": cfg.policy_type, "pretrained_fdm": cfg.fdm, "pretrained_idm": cfg.idm,
+                               "pretrained_weights": cfg.pretrained_weights,
                                "train": result, "parameters": _count(model), "environment": environment_info()}
     if cfg.evaluate and trainer.accelerator.is_main_process:
         from defi.eval.metaworld_eval import evaluate
 
-        label = cfg.policy_type if cfg.policy_type != "defi" else ("defi" if cfg.fdm or cfg.idm else "defi-scratch")
+        pretrained = (cfg.fdm or cfg.idm) and cfg.pretrained_weights
+        label = cfg.policy_type if cfg.policy_type != "defi" else ("defi" if pretrained else "defi-scratch")
         model.eval()
         report = evaluate(model, cfg.eval, Path(cfg.run_dir) / "eval", policy_dir=Path(cfg.run_dir) / "model",
                           label=label)
