@@ -43,7 +43,7 @@ from defi.models.forward.config import ForwardDynamicsConfig
 from defi.models.forward.config import paper as fdm_paper
 from defi.models.forward.config import small as fdm_small
 from defi.models.forward.config import tiny as fdm_tiny
-from defi.models.forward.model import ForwardDynamicsModel, to_uint8
+from defi.models.forward.model import ForwardDynamicsModel, to_uint8, to_unit_range
 from defi.models.forward.video_former import VideoFormer, VideoFormerConfig
 from defi.models.inverse import GIDM, GIDMConfig, gidm_paper, gidm_small, gidm_tiny
 
@@ -187,6 +187,8 @@ class DeFIPolicy(PretrainedMixin, nn.Module):
         self.action_normalizer = ActionNormalizer(config.action_dim, config.action_normalization)
         self.state_normalizer = ActionNormalizer(config.state_dim, "mean_std") if config.state_dim else None
         self.set_trainable(config.trainable)
+        # one frozen encoder per text config for the whole policy: otherwise the GFDM loads its own copy
+        self.gfdm.set_text_encoder(self.text_encoder(config.forward.text_encoder))
         self._imagined: torch.Tensor | None = None
         self._last_current: torch.Tensor | None = None
 
@@ -336,12 +338,8 @@ class DeFIPolicy(PretrainedMixin, nn.Module):
             return None
         v = len(self.config.cameras)
         with torch.no_grad():
-            frames = self.gfdm.decode_latents(self._imagined[::v][:1], _unit(self._last_current[:, 0]))
+            frames = self.gfdm.decode_latents(self._imagined[::v][:1], to_unit_range(self._last_current[:, 0]))
         return rearrange(to_uint8(frames[0]), "f c h w -> f h w c").cpu().numpy()
-
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1.0
 
 
 def observation_to_tensors(observation: Mapping[str, Any], cameras: Sequence[str], image_size: int, state_dim: int,
