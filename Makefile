@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test clean
+.PHONY: install test demo demo-quick clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ install: $(STAMP)
 
 test: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q
+
+# the whole pipeline with a report (runs/demo/report.html); re-running resumes. <= 45 min on a 2-core CPU
+demo: $(STAMP)
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/defi demo --preset full --run-dir runs/demo
+
+# the same in <= 10 min, with numbers that are only a smoke test
+demo-quick: $(STAMP)
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/defi demo --preset quick --run-dir runs/demo-quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

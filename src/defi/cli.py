@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("defi.train.finetune:finetune_main", "Finetune the coupled DeFI policy (or a baseline) on demos."),
     "eval": ("defi.eval.metaworld_eval:eval_main", "Evaluate a saved policy in closed loop on Meta-World."),
     "compare": ("defi.eval.compare:compare_main", "Finetune + evaluate DeFI and both baselines on the same demos."),
+    "demo": ("defi.demo.pipeline:demo_main", "The whole pipeline in one command, with report.html (presets quick/full)."),
+    "ablate": ("defi.demo.ablate:ablate_main", "The paper's ablation tables (4, 7, 9, Fig. 4) on a finished demo run."),
     "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 

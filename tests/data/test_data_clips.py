@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from defi.config import ConfigError, from_dict, validate_config
 from defi.data import DATA_PRESETS, DataConfig, build_clip_dataset
-from defi.data.clips import ClipDataset, split_episodes
+from defi.data.clips import ClipDataset, split_episodes, subsample_episodes
 from defi.data.mixture import MixtureDataset
 from defi.data.store import EpisodeStore
 from defi.errors import DefiError
@@ -84,6 +84,27 @@ def test_split_by_episode():
     np.testing.assert_array_equal(val, split_episodes(10, "val", 0.2, seed=0))
     with pytest.raises(DefiError, match="split 'test'"):
         split_episodes(10, "test", 0.2, 0)
+
+
+def test_episode_fraction_keeps_nested_per_task_subsets(mw_store):
+    records = [{"task": t} for t in ["a"] * 10 + ["b"] * 10 + ["c"] * 1]
+    ids = np.arange(21)
+    half, fifth = subsample_episodes(records, ids, 0.5, 0), subsample_episodes(records, ids, 0.2, 0)
+    tasks = lambda kept: [records[i]["task"] for i in kept]  # noqa: E731
+    assert tasks(half).count("a") == 5 and tasks(half).count("b") == 5 and tasks(half).count("c") == 1
+    assert tasks(fifth).count("a") == 2 and tasks(fifth).count("c") == 1  # every task keeps at least one
+    assert set(fifth) <= set(half)  # smaller fractions are subsets of larger ones
+    np.testing.assert_array_equal(half, subsample_episodes(records, ids, 0.5, 0))
+    with pytest.raises(DefiError, match="episode_fraction"):
+        subsample_episodes(records, ids, 0.0, 0)
+    # through the config: only the train split shrinks
+    full = DataConfig(sources=[(str(mw_store), 1.0)], future_frames=2, action_horizon=4, val_fraction=0.25)
+    some = DataConfig(**{**full.__dict__, "episode_fraction": 0.5})
+    n_full = len(build_clip_dataset(full, "train").episode_ids)
+    assert len(build_clip_dataset(some, "train").episode_ids) < n_full
+    assert len(build_clip_dataset(some, "val")) == len(build_clip_dataset(full, "val"))
+    with pytest.raises(ConfigError, match="episode_fraction"):
+        validate_config(DataConfig(episode_fraction=1.5))
 
 
 def test_build_clip_dataset_dataloader_and_stats(mw_store):

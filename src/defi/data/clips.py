@@ -53,6 +53,24 @@ def _stats_to_torch(stats: dict[str, np.ndarray] | None) -> dict[str, torch.Tens
     return None if stats is None else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats.items()}
 
 
+def subsample_episodes(records: Sequence[dict], episode_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Keep `fraction` of each task's episodes (at least one per task; paper Figure 4's 10/20/50/100% of the
+    labeled data). Per task, the kept episodes are a prefix of one seeded permutation, so smaller fractions are
+    subsets of larger ones and rows of a data-efficiency curve differ only in how much data they see."""
+    if not 0.0 < fraction <= 1.0:
+        raise DefiError(f"episode_fraction={fraction}: expected a fraction in (0, 1]")
+    by_task: dict[str, list[int]] = {}
+    for e in episode_ids.tolist():
+        by_task.setdefault(str(records[e].get("task", "")), []).append(e)
+    kept: list[int] = []
+    for task in sorted(by_task):
+        ids = by_task[task]
+        order = np.random.default_rng([seed, len(ids)]).permutation(len(ids))
+        count = max(1, int(round(fraction * len(ids))))
+        kept += [ids[i] for i in order[:count]]
+    return np.array(sorted(kept), dtype=np.int64)
+
+
 class ClipDataset(Dataset):
     """Clips from one episode store. See the module docstring for the item layout."""
 
@@ -72,6 +90,7 @@ class ClipDataset(Dataset):
         state_dim: int = 4,
         paraphrase: bool = False,
         cache_mb: float = 512,
+        episode_fraction: float = 1.0,
     ) -> None:
         self.root = Path(root)
         self.store = EpisodeStore.open(self.root, cache_mb=cache_mb)
@@ -105,6 +124,8 @@ class ClipDataset(Dataset):
                 f"expected [{self.state_dim}]"
             )
         self.episode_ids = split_episodes(len(self.store.episodes), split, val_fraction, seed)
+        if episode_fraction < 1.0 and split == "train":
+            self.episode_ids = subsample_episodes(self.store.episodes, self.episode_ids, episode_fraction, seed)
         lengths = np.array([self.store.episodes[e]["length"] for e in self.episode_ids], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
         self._lengths = lengths

@@ -42,6 +42,8 @@ class DataConfig(Config):
     """Draw one of the training paraphrases per clip instead of the stored instruction (Meta-World tasks)."""
     cache_mb: float = 512
     """Per-process cache of decoded chunks, per source."""
+    episode_fraction: float = 1.0
+    """Train on this fraction of each task's training episodes (a nested, seeded subset; paper Figure 4)."""
 
     def validate(self) -> None:
         self.check(len(self.sources) >= 1, "sources", "at least one (path, weight) pair")
@@ -56,6 +58,7 @@ class DataConfig(Config):
         self.check(self.action_dim >= 1, "action_dim", ">= 1")
         self.check(self.state_dim >= 1, "state_dim", ">= 1")
         self.check(self.cache_mb >= 0, "cache_mb", ">= 0")
+        self.check(0.0 < self.episode_fraction <= 1.0, "episode_fraction", "a fraction in (0, 1]")
 
 
 def data_tiny() -> DataConfig:
@@ -88,6 +91,7 @@ def build_clip_dataset(cfg: DataConfig, split: str) -> Dataset:
             future_stride=cfg.future_stride, action_horizon=cfg.action_horizon, split=split,
             val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, action_dim=cfg.action_dim,
             state_dim=cfg.state_dim, paraphrase=cfg.paraphrase, cache_mb=cfg.cache_mb,
+            episode_fraction=cfg.episode_fraction,
         )
         for path, _ in cfg.sources
     ]

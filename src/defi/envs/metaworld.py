@@ -144,8 +144,11 @@ class MetaWorldEnv:
         self.success = False
         return self.observation()
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, np.ndarray], float, bool, dict[str, Any]]:
         """Apply a 4-dim action in [-1, 1]; returns (observation, reward, done, info).
+
+        `render=False` leaves the camera images out of the observation (rendering is most of a step's cost; a
+        receding-horizon evaluation only needs images when it asks the policy again).
 
         `done` is True once `max_episode_steps` steps were taken; `info["success"]` is this step's success flag
         and `self.success` whether the episode has succeeded at any step (Meta-World's success criterion).
@@ -159,7 +162,7 @@ class MetaWorldEnv:
         info["success"] = bool(info.get("success", 0.0))
         self.success = self.success or info["success"]
         done = self.steps >= self.max_episode_steps
-        return self.observation(), float(reward), done, info
+        return self.observation(render=render), float(reward), done, info
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state (float32 [4], clipped to [-1, 1])."""
@@ -172,9 +175,9 @@ class MetaWorldEnv:
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     # -- observations ----------------------------------------------------------------------------------------
-    def observation(self) -> dict[str, np.ndarray]:
+    def observation(self, render: bool = True) -> dict[str, np.ndarray]:
         assert self._raw_obs is not None
-        obs = {f"observation.images.{cam}": img for cam, img in self.render().items()}
+        obs = {f"observation.images.{cam}": img for cam, img in self.render().items()} if render else {}
         obs["observation.state"] = self._raw_obs[:STATE_DIM].astype(np.float32)
         obs["observation.environment_state"] = self._raw_obs.astype(np.float32)
         return obs

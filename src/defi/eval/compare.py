@@ -49,7 +49,8 @@ def variant_config(cfg: CompareConfig, variant: str) -> FinetuneConfig:
     return replace(base, policy_type="image_dp", fdm="", idm="")
 
 
-def _finished(run_dir: Path) -> dict[str, Any] | None:
+def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """A finetune run's metrics.json when it holds evaluation results (the run is complete), else None."""
     path = run_dir / "metrics.json"
     if path.is_file():
         metrics = json.loads(path.read_text())
@@ -64,7 +65,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for variant in cfg.variants:
         vcfg = variant_config(cfg, variant)
-        metrics = _finished(vcfg.run_dir)
+        metrics = finished_metrics(vcfg.run_dir)
         if metrics is None:
             if (vcfg.run_dir / "checkpoints").is_dir():
                 vcfg = replace(vcfg, resume=True)  # an interrupted variant continues where it stopped

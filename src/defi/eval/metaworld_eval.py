@@ -125,10 +125,12 @@ def run_episode(policy: Any, env: Any, task: str, episode: int, seed: int, cfg: 
             raise DefiError(f"policy.act returned shape {chunk.shape}; expected an action chunk [H, A]")
         if video_path is not None and hasattr(policy, "imagined_frames"):
             imagined = policy.imagined_frames()
-        for action in chunk[: cfg.execute_steps]:
+        steps = chunk[: cfg.execute_steps]
+        for i, action in enumerate(steps):
             if video_path is not None:
                 frames.append(_side_by_side(obs[main_cam], imagined))
-            obs, _, done, _ = env.step(action)
+            # images are only needed for the video and for the next policy call
+            obs, _, done, _ = env.step(action, render=video_path is not None or i == len(steps) - 1)
             if done or env.success:
                 break
     video = None

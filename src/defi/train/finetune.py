@@ -42,6 +42,10 @@ class FinetuneConfig(Config):
     pretrained_weights: bool = True
     """False: take the GFDM/GIDM architectures (and encoders) from --fdm/--idm but start from random weights, the
     no-pretraining baseline of the same size."""
+    random_gfdm: bool = False
+    """Only the GFDM starts from random weights (paper Table 4's "GFDM w/o pre" row)."""
+    random_gidm: bool = False
+    """Only the GIDM starts from random weights (paper Table 4's "GIDM w/o pre" row)."""
     data: DataConfig = field(default_factory=data_small)
     """Labeled demonstrations. Cameras, image size and action horizon are taken from the policy."""
     policy: DeFIPolicyConfig = field(default_factory=policy_small)
@@ -83,8 +87,10 @@ def _pretrained_policy_config(cfg: FinetuneConfig) -> tuple[DeFIPolicyConfig, An
     vf = video_former_for(pcfg.forward)
     pcfg = replace(pcfg, video_former=replace(pcfg.video_former, layers=vf.layers, in_channels=vf.in_channels,
                                               num_frames=vf.num_frames))
-    if not cfg.pretrained_weights:
-        gfdm = gidm = None
+    if not cfg.pretrained_weights or cfg.random_gfdm:
+        gfdm = None
+    if not cfg.pretrained_weights or cfg.random_gidm:
+        gidm = None
     return pcfg, gfdm, gidm
 
 
