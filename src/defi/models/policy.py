@@ -249,40 +249,93 @@ class DeFIPolicy(PretrainedMixin, nn.Module):
     def _device(self) -> torch.device:
         return self.future_mlp[0].weight.device
 
+    @property
+    def gfdm_trains(self) -> bool:
+        return self.trainable in ("gfdm+adapter", "all")
+
+    def cacheable_inputs(self) -> tuple[str, ...]:
+        """Names of the frozen, deterministic per-clip values `condition` accepts precomputed (the frame encoder
+        always; the GFDM's one-step outputs only while it is frozen). The text encoders memoise per string
+        already, so they need no cache."""
+        layers = tuple(f"gfdm.{name}" for name in self.config.video_former.layers)
+        return ("current_tokens",) + (() if self.gfdm_trains else layers + ("gfdm.future",))
+
+    @torch.no_grad()
+    def frozen_features(self, images: torch.Tensor, instructions: Sequence[str],
+                        names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """What the frozen parts give for a batch of clips, per clip (finetuning computes it once and feeds it
+        back to `forward` as batch keys "cache.<name>"): "current_tokens" [B, P, D] (frame encoder on the GIDM's
+        view), "gfdm.<layer>" [B, V, F, C, h, w] and "gfdm.future" [B, C, h', w'] (the chosen view's and frame's
+        one-step future latents)."""
+        names = self.cacheable_inputs() if names is None else tuple(names)
+        cfg = self.config
+        b = images.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        if any(n.startswith("gfdm.") for n in names):
+            feats = self.gfdm.extract_features(images, list(instructions))
+            latents = feats.pop("latents")
+            for name, value in feats.items():
+                out[f"gfdm.{name}"] = rearrange(value, "(b v) f c h w -> b v f c h w", b=b)
+            out["gfdm.future"] = self._future_latents(latents, b)
+        if "current_tokens" in names:
+            out["current_tokens"] = self.frame_encoder().to(images.device)(images[:, cfg.gidm_view])
+        return {name: out[name] for name in names}
+
+    def _future_latents(self, latents: torch.Tensor, b: int) -> torch.Tensor:
+        """[(b v), f, C, h, w] -> the GIDM view's chosen predicted frame [b, C, h, w]."""
+        return rearrange(latents, "(b v) f c h w -> b v f c h w", b=b)[:, self.config.gidm_view,
+                                                                        self.config.future_frame]
+
     def condition(self, images: torch.Tensor, instructions: Sequence[str], state: torch.Tensor | None,
-                  keep_imagination: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """images uint8 [B, V, 3, H, W] -> (condition tokens [B, N, fused_dim], global condition [B, Dg])."""
+                  keep_imagination: bool = False, cached: Mapping[str, torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """images uint8 [B, V, 3, H, W] -> (condition tokens [B, N, fused_dim], global condition [B, Dg]).
+
+        `cached`: values of `frozen_features` computed beforehand (finetuning's feature cache); each one given
+        replaces its computation here. Inference passes none."""
         cfg = self.config
         b, v = images.shape[:2]
         if v != len(cfg.cameras) or images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
             raise DefiError(f"images: expected [B, {len(cfg.cameras)}, 3, {cfg.image_size}, {cfg.image_size}] "
                             f"(cameras {list(cfg.cameras)}), got {list(images.shape)}")
         instructions = list(instructions)
+        cached = cached or {}
         # (1) the GFDM, one denoising step; frozen unless Table 9 says otherwise
-        gfdm_grad = self.trainable in ("gfdm+adapter", "all") and self.training
-        if gfdm_grad and torch.is_grad_enabled():
-            # extract_features is decorated with no_grad for the usual frozen GFDM; Table 9's GFDM+adapter and
-            # all-train rows need its gradients, so call the undecorated function
-            feats = type(self.gfdm).extract_features.__wrapped__(self.gfdm, images, instructions)
+        gfdm_grad = self.gfdm_trains and self.training
+        if "gfdm.future" in cached:
+            if gfdm_grad:
+                raise DefiError(f"trainable={self.trainable!r} trains the GFDM: its outputs cannot come from a "
+                                "feature cache (cache only the frozen parts)")
+            feats = {name: rearrange(cached[f"gfdm.{name}"].float(), "b v f c h w -> (b v) f c h w")
+                     for name in cfg.video_former.layers}
+            future = cached["gfdm.future"]
         else:
-            with torch.no_grad():
-                feats = self.gfdm.extract_features(images, instructions)
-        latents = feats.pop("latents")  # [(b v), f, C, h, w]
-        if keep_imagination:
-            self._imagined = latents.detach()
-            self._last_current = images.detach()
+            if gfdm_grad and torch.is_grad_enabled():
+                # extract_features is decorated with no_grad for the usual frozen GFDM; Table 9's GFDM+adapter
+                # and all-train rows need its gradients, so call the undecorated function
+                feats = type(self.gfdm).extract_features.__wrapped__(self.gfdm, images, instructions)
+            else:
+                with torch.no_grad():
+                    feats = self.gfdm.extract_features(images, instructions)
+            latents = feats.pop("latents")  # [(b v), f, C, h, w]
+            if keep_imagination:
+                self._imagined = latents.detach()
+                self._last_current = images.detach()
+            future = self._future_latents(latents, b)
         # (2) Video Former over every view's block features
         video = self.video_proj(self.video_former(feats))  # [(b v), f*q, d]
         video = rearrange(video, "(b v) n d -> b (v n) d", b=b)
         # (3) MLP: the chosen view's predicted future -> the GIDM's future patch tokens
-        future = rearrange(latents, "(b v) f c h w -> b v f c h w", b=b)[:, cfg.gidm_view, cfg.future_frame]
         future = future.float()
         if self.unshuffle:
             future = F.pixel_unshuffle(future, self.unshuffle)
         else:
             future = F.adaptive_avg_pool2d(future, self.grid)
-        with torch.no_grad():
-            current_tokens = self.frame_encoder().to(images.device)(images[:, cfg.gidm_view])
+        if "current_tokens" in cached:
+            current_tokens = cached["current_tokens"].float()
+        else:
+            with torch.no_grad():
+                current_tokens = self.frame_encoder().to(images.device)(images[:, cfg.gidm_view])
         future_tokens = current_tokens + self.future_mlp(rearrange(future, "b c h w -> b (h w) c"))
         # (4) the GIDM's encoder: latent actions from (e_t, projected future, instruction)
         text_tokens = text_mask = None
@@ -302,7 +355,8 @@ class DeFIPolicy(PretrainedMixin, nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The trainer's contract on a clip batch: masked denoising loss of the normalised action chunk."""
         actions = self.action_normalizer.normalize(batch["actions"].float())
-        tokens, global_cond = self.condition(batch["images"], batch["instruction"], batch.get("state"))
+        cached = {key[len("cache."):]: value for key, value in batch.items() if key.startswith("cache.")}
+        tokens, global_cond = self.condition(batch["images"], batch["instruction"], batch.get("state"), cached=cached)
         mask = batch["action_mask"].bool()
         return self.adapter.loss(actions, mask, tokens, global_cond)
 

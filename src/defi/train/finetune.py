@@ -56,9 +56,15 @@ class FinetuneConfig(Config):
     val_batches: int = 4
     """Held-out batches on which the sampled action chunks are scored (MSE vs the demonstrations)."""
     resume: bool = False
+    cache_frozen: bool = True
+    """DeFI only: run the frozen parts (the frame encoder; the GFDM's one-step features unless the GFDM trains)
+    once per training clip before training and keep their outputs in memory, instead of every step."""
+    cache_max_gib: float = 6.0
+    """Refuse (with the estimate) to build a feature cache larger than this."""
 
     def validate(self) -> None:
         self.check(self.val_batches >= 0, "val_batches", ">= 0")
+        self.check(self.cache_max_gib > 0, "cache_max_gib", "> 0")
 
 
 def _pretrained_policy_config(cfg: FinetuneConfig) -> tuple[DeFIPolicyConfig, Any, Any]:
@@ -143,6 +149,22 @@ def _val_action_mse(policy: nn.Module, dataset, batches: int, batch_size: int) -
     return {"val_action_mse": errs / max(count, 1.0)}
 
 
+def cache_frozen_features(policy: DeFIPolicy, train, cfg: FinetuneConfig):
+    """The training set with the frozen parts' outputs precomputed per clip (see defi.train.feature_cache)."""
+    import time
+
+    from defi.train.feature_cache import CachedClipDataset, build_feature_cache, cache_nbytes
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy.to(device)
+    start = time.perf_counter()
+    store = build_feature_cache(policy, train, batch_size=64, max_gib=cfg.cache_max_gib, device=device,
+                                progress=cfg.trainer.progress)
+    print(f"cached {', '.join(store)} for {len(train)} clips: {cache_nbytes(store) / 2**20:.1f} MiB in "
+          f"{time.perf_counter() - start:.1f} s")
+    return CachedClipDataset(train, store)
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from defi.utils.environment import environment_info
 
@@ -157,6 +179,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         raise DefiError(f"data.sources {[p for p, _ in data_cfg.sources]}: no source has actions; finetuning needs "
                         "action-labeled demonstrations (generate them without --action-free)")
     policy.set_normalization(train.action_stats, train.state_stats)
+    if isinstance(policy, DeFIPolicy) and cfg.cache_frozen:
+        train = cache_frozen_features(policy, train, cfg)
 
     def eval_fn(model: nn.Module, step: int) -> dict[str, float]:
         return _val_action_mse(model, val, cfg.val_batches, min(cfg.trainer.batch_size, 32))

@@ -109,7 +109,8 @@ class FeatureConfig(Config):
     layers: tuple[str, ...] = ("mid_block", "up_blocks.0")
     # diffusion timestep of the single step; -1 = the noisiest training timestep (where sampling starts)
     timestep: int = -1
-    # the starting noise is drawn from this seed so that features (and hence actions) are deterministic
+    # the starting noise is drawn once from this seed and shared by every sample, so that features (and hence
+    # actions) are deterministic and independent of batch size and position
     seed: int = 0
 
     def validate(self) -> None:

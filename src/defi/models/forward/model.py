@@ -287,10 +287,16 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         n = condition.shape[0]
         t_index = cfg.noise.num_train_timesteps - 1 if cfg.features.timestep == -1 else cfg.features.timestep
         timesteps = torch.full((n,), t_index, device=condition.device, dtype=torch.long)
-        if generator is None:
-            generator = torch.Generator(device=condition.device).manual_seed(cfg.features.seed)
         shape = (n, cfg.num_frames, cfg.latent_channels, *condition.shape[-2:])
-        noise = torch.randn(shape, generator=generator, device=condition.device)
+        if generator is None:
+            # One seeded draw shared by every sample, not one per batch position: a clip's features then do not
+            # depend on where it sits in a batch, so features computed once per clip (finetuning's feature cache)
+            # or in a training batch equal those `act` computes at batch 1. The shared draw is the first slice of
+            # the former per-batch draw, so batch-1 features (inference) are unchanged.
+            generator = torch.Generator(device=condition.device).manual_seed(cfg.features.seed)
+            noise = torch.randn((1, *shape[1:]), generator=generator, device=condition.device).expand(shape)
+        else:
+            noise = torch.randn(shape, generator=generator, device=condition.device)
         noisy = self.noise_scheduler.add_noise(torch.zeros_like(noise), noise, timesteps)
 
         captured: dict[str, torch.Tensor] = {}
