@@ -48,13 +48,22 @@ def generate(tasks: str, episodes: int, workers: int, cameras: tuple[str, ...], 
              out: str):
     from defi.data.sources.metaworld import MetaWorldGenConfig, generate_metaworld
 
+    import resource
+
     shutil.rmtree(out, ignore_errors=True)
+    cpu_before = _cpu_seconds(resource)
     cfg = MetaWorldGenConfig(out=Path(out), tasks=tasks, episodes_per_task=episodes, cameras=cameras,
                              image_size=size, workers=workers, mesh_detail=mesh_detail, progress=False)
     start = time.perf_counter()
     report = generate_metaworld(cfg)
     wall = time.perf_counter() - start
-    return report.frames / wall, report.frames, wall, report.steady_frames_per_s, report.first_result_s
+    cpu = _cpu_seconds(resource) - cpu_before  # this process and its (finished) pool workers
+    return report.frames / wall, report.frames, wall, report.steady_frames_per_s, report.first_result_s, cpu
+
+
+def _cpu_seconds(resource) -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def breakdown(task: str, cameras: tuple[str, ...], size: int, mesh_detail: float, steps: int = 200):
@@ -67,6 +76,7 @@ def breakdown(task: str, cameras: tuple[str, ...], size: int, mesh_detail: float
     env = MetaWorldEnv(task, seed=0, cameras=cameras, image_size=size, mesh_detail=mesh_detail)
     ref = MetaWorldEnv(task, seed=0, cameras=cameras, image_size=size) if mesh_detail < 1 else None
     times = {"physics": 0.0, "expert": 0.0, "render": 0.0}
+    render_cpu = 0.0  # process CPU time (all threads): what the frame costs a core, whatever else runs
     diffs = []
     try:
         for e in [x for x in (env, ref) if x is not None]:
@@ -77,8 +87,10 @@ def breakdown(task: str, cameras: tuple[str, ...], size: int, mesh_detail: float
             t1 = time.perf_counter()
             env._raw_obs, *_ = env._env.step(np.asarray(action, dtype=np.float32))
             t2 = time.perf_counter()
+            c2 = time.process_time()
             images = env.render()
             t3 = time.perf_counter()
+            render_cpu += time.process_time() - c2
             times["expert"] += t1 - t0
             times["physics"] += t2 - t1
             times["render"] += t3 - t2
@@ -112,6 +124,7 @@ def breakdown(task: str, cameras: tuple[str, ...], size: int, mesh_detail: float
         if ref is not None:
             ref.close()
     ms = {k: 1000 * v / steps for k, v in times.items()}
+    ms["render CPU"] = 1000 * render_cpu / steps
     return ms, 1000 * no_mesh, faces, (float(np.mean(diffs)), float(np.max(diffs))) if diffs else None
 
 
@@ -139,7 +152,7 @@ def main() -> None:
     base_render = None
     for name, lp, detail in rows:
         ms, no_mesh, faces, diff = _in_fresh_process(breakdown, lp, task, cameras, args.size, detail)
-        total = sum(ms.values())
+        total = ms["physics"] + ms["expert"] + ms["render"]
         base_render = base_render or ms["render"]
         line = (f"  {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
                 + f" -> {1000 / total:.0f} frames/s without storage; render {ms['render'] / base_render:.2f}x of the"
@@ -157,12 +170,14 @@ def main() -> None:
             configs = [("before", UNSET if workers == 1 else "1", 1.0), ("default", UNSET, 1.0)]
             configs += [(f"mesh_detail={d}", UNSET, d) for d in details]
             for name, lp, detail in configs:
-                fps, frames, wall, steady, first = _in_fresh_process(
+                fps, frames, wall, steady, first, cpu = _in_fresh_process(
                     generate, lp, args.tasks, args.episodes, workers, cameras, args.size, detail, f"{tmp}/out")
                 results[(workers, name)] = steady
                 print(f"  workers={workers} {name}: {frames} frames in {wall:.1f} s -> {fps:.1f} frames/s overall; "
                       f"{steady:.1f} frames/s after the first episode ({first:.1f} s start-up + first episode); "
-                      f"{steady / results[(workers, 'before')]:.2f}x of before; load {os.getloadavg()[0]:.2f}")
+                      f"{steady / results[(workers, 'before')]:.2f}x of before; CPU {1000 * cpu / frames:.2f} ms/frame "
+                      f"(start-up included) -> at most {os.cpu_count() * frames / cpu:.0f} frames/s on "
+                      f"{os.cpu_count()} idle cores; load {os.getloadavg()[0]:.2f}")
     best = max(results.items(), key=lambda kv: kv[1])
     print(f"target >= 350 frames/s with 2 workers on an idle machine: best here {best[1]:.1f} frames/s ({best[0]})")
 

@@ -257,7 +257,8 @@ def simplified_render_model(model: Any, keep: float, min_faces: int = SIMPLIFY_M
     try:
         import fast_simplification
     except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        raise DefiError("mesh_detail < 1 needs the fast-simplification package (pip install fast-simplification)") from exc
+        raise DefiError("mesh_detail < 1 needs the fast-simplification package "
+                        "(pip install fast-simplification)") from exc
 
     out = copy.deepcopy(model)
     for mesh in range(model.nmesh):
