@@ -191,12 +191,12 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(cfg_dict: dict[str, Any], out: str, pool: bool = False) -> None:
     from defi.config import from_dict
 
-    # Software GL (llvmpipe) starts one raster thread per core in every process. At 64x64 a frame is bound by
-    # vertex work on the calling thread, and raster threads only add hand-offs: on the quiet 2-core machine a
-    # frame rendered in 9.8 ms with LP_NUM_THREADS=0 vs 12.1 ms with 1 and 13.4 ms with the default
-    # (benchmarks/bench_data_generation.py; under heavy load the three overlap). It takes effect before this
-    # process's first GL context; a user setting wins.
-    os.environ.setdefault("LP_NUM_THREADS", "0")
+    if pool:
+        # Software GL (llvmpipe) starts one raster thread per core in every process; with one worker per core
+        # those threads only contend, so each worker rasterises on its own thread (a user setting wins). At
+        # 64x64 a frame is bound by vertex work on the calling thread: LP_NUM_THREADS 0, 1 or the default
+        # measured alike within this shared machine's noise (benchmarks/bench_data_generation.py).
+        os.environ.setdefault("LP_NUM_THREADS", "1")
 
     cfg = from_dict(MetaWorldGenConfig, cfg_dict)
     _WORKER.update(cfg=cfg, store=None, out=Path(out), env=None, task=None)
