@@ -114,3 +114,7 @@ def test_generator_rejects_unknown_task_and_incompatible_resume(mw_store, tmp_pa
         generate_metaworld(tiny_gen_config(mw_store, cameras=("corner",)))
     with pytest.raises(DefiError, match=r"different extra .*'seed': 0.*'seed': 1"):
         generate_metaworld(tiny_gen_config(mw_store, seed=1))
+    with pytest.raises(DefiError, match=r"different extra .*'mesh_detail': 0.5"):
+        generate_metaworld(tiny_gen_config(mw_store, mesh_detail=0.5))  # simplified meshes never mix in
+    with pytest.raises(DefiError, match=r"mesh_detail"):
+        generate_metaworld(tiny_gen_config(tmp_path / "y", mesh_detail=1.5))

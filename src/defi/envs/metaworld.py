@@ -15,6 +15,12 @@ dominates, so the options that cost time and add nothing at that size are turned
 (`model.vis.quality.offsamples = 0`) and shadows, reflections and the skybox (scene flags that
 `update_scene` resets, so they are cleared after each update). The `corner*` cameras of the Sawyer scene look
 at the table upside down; their images are rotated by 180 degrees (`img[::-1, ::-1]`), as LeRobot does.
+
+What is left is vertex work: llvmpipe shades every vertex on the calling thread, and the Sawyer arm's ten
+meshes (~63k of the scene's ~67k mesh triangles) take ~80% of a 64x64 frame. `mesh_detail < 1` (opt-in: it
+changes pixels at the arm's edges, mean absolute difference 1.6/255 at 0.25, 2.7/255 at 0.1) renders
+quadric-simplified copies of the large meshes instead (`fast_simplification`); physics keeps the original
+model. See benchmarks/bench_data_generation.py for the measured times and differences.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ ACTION_DIM = 4
 STATE_DIM = 4
 ENV_STATE_DIM = 39
 EMBODIMENT = "sawyer"
+# Meshes with fewer triangles than this are drawn as they are under `mesh_detail < 1`: they are cheap, and
+# simplifying the small ones (the table's 308 triangles) visibly changes their outline.
+SIMPLIFY_MIN_FACES = 1000
 
 
 def all_tasks() -> tuple[str, ...]:
@@ -102,6 +111,7 @@ class MetaWorldEnv:
         cameras: Sequence[str] = ("corner",),
         image_size: int | tuple[int, int] = 64,
         max_episode_steps: int | None = None,
+        mesh_detail: float = 1.0,
     ) -> None:
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
@@ -113,6 +123,9 @@ class MetaWorldEnv:
                 raise DefiError(f"unknown Meta-World camera {cam!r}; valid: {', '.join(CAMERAS)}")
         self.cameras = tuple(cameras)
         self.height, self.width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if not 0.0 < mesh_detail <= 1.0:
+            raise DefiError(f"mesh_detail: expected a fraction in (0, 1], got {mesh_detail}")
+        self.mesh_detail = float(mesh_detail)
         self._mujoco = mujoco
         self._env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{self.task}-goal-observable"](seed=seed)
         # Meta-World freezes positions after construction; draw new ones at each reset from the seeded generator.
@@ -129,7 +142,14 @@ class MetaWorldEnv:
             # The offscreen buffer only needs to hold the largest image rendered.
             model.vis.global_.offwidth = max(self.width, 1)
             model.vis.global_.offheight = max(self.height, 1)
-            self._renderer = mujoco.Renderer(model, self.height, self.width)
+            render_model = model if self.mesh_detail >= 1.0 else simplified_render_model(model, self.mesh_detail)
+            self._renderer = mujoco.Renderer(render_model, self.height, self.width)
+            # The scene is always built from the physics model (Meta-World moves bodies and sites in it at reset);
+            # only the GL context's meshes come from `render_model`.
+            self._scene_option = mujoco.MjvOption()
+            self._camera = mujoco.MjvCamera()
+            self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+            self._camera_ids = {cam: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam) for cam in self.cameras}
         self._raw_obs: np.ndarray | None = None
         self.steps = 0
         self.success = False
@@ -186,11 +206,15 @@ class MetaWorldEnv:
         """uint8 [h, w, 3] per camera, the right way up."""
         if self._renderer is None:
             return {}
-        flags = self._mujoco.mjtRndFlag
+        mujoco = self._mujoco
+        flags = mujoco.mjtRndFlag
+        scene = self._renderer.scene
         images = {}
         for cam in self.cameras:
-            self._renderer.update_scene(self._env.data, camera=cam)
-            scene_flags = self._renderer.scene.flags
+            self._camera.fixedcamid = self._camera_ids[cam]
+            mujoco.mjv_updateScene(self._env.model, self._env.data, self._scene_option, None, self._camera,
+                                   mujoco.mjtCatBit.mjCAT_ALL, scene)
+            scene_flags = scene.flags
             scene_flags[flags.mjRND_SHADOW] = 0
             scene_flags[flags.mjRND_REFLECTION] = 0
             scene_flags[flags.mjRND_SKYBOX] = 0
@@ -222,3 +246,46 @@ class MetaWorldEnv:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def simplified_render_model(model: Any, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> Any:
+    """A copy of `model` whose meshes of >= `min_faces` triangles keep about `keep` of them (for drawing only).
+
+    Quadric simplification (`fast_simplification`) with smooth area-weighted vertex normals, which reproduce
+    MuJoCo's own normals of these meshes (mean absolute pixel difference 0.07/255 without simplification).
+    The copy keeps every array size; only the mesh counts shrink, so it must not be used for physics.
+    """
+    import copy
+
+    try:
+        import fast_simplification
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise DefiError("mesh_detail < 1 needs the fast-simplification package "
+                        "(pip install fast-simplification)") from exc
+
+    out = copy.deepcopy(model)
+    for mesh in range(model.nmesh):
+        faces_n = int(model.mesh_facenum[mesh])
+        if faces_n < min_faces or model.mesh_texcoordadr[mesh] != -1:
+            continue  # small meshes are cheap; textured ones would need their texture coordinates remapped
+        vert_adr, vert_n = int(model.mesh_vertadr[mesh]), int(model.mesh_vertnum[mesh])
+        face_adr, normal_adr = int(model.mesh_faceadr[mesh]), int(model.mesh_normaladr[mesh])
+        verts = np.asarray(model.mesh_vert[vert_adr:vert_adr + vert_n], dtype=np.float32)
+        faces = np.asarray(model.mesh_face[face_adr:face_adr + faces_n])
+        new_verts, new_faces = fast_simplification.simplify(verts, faces, target_reduction=1.0 - keep)
+        if len(new_verts) > min(vert_n, int(model.mesh_normalnum[mesh])) or len(new_faces) > faces_n:
+            continue
+        face_normals = np.cross(new_verts[new_faces[:, 1]] - new_verts[new_faces[:, 0]],
+                                new_verts[new_faces[:, 2]] - new_verts[new_faces[:, 0]])
+        normals = np.zeros_like(new_verts)
+        for corner in range(3):
+            np.add.at(normals, new_faces[:, corner], face_normals)
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        out.mesh_vert[vert_adr:vert_adr + len(new_verts)] = new_verts
+        out.mesh_vertnum[mesh] = len(new_verts)
+        out.mesh_face[face_adr:face_adr + len(new_faces)] = new_faces
+        out.mesh_facenormal[face_adr:face_adr + len(new_faces)] = new_faces
+        out.mesh_facenum[mesh] = len(new_faces)
+        out.mesh_normal[normal_adr:normal_adr + len(new_verts)] = normals
+        out.mesh_normalnum[mesh] = len(new_verts)
+    return out
