@@ -102,3 +102,22 @@ def test_ablate_tables_on_the_tiny_demo(tiny_demo):
     assert "Table 4" in md and "Table 7" in md and "GIDM, VQ (ours)" in md and "4.51" in md
     with pytest.raises(DefiError, match="defi demo"):
         ablate(AblateConfig(demo_dir=tiny_demo / "missing"))
+    with pytest.raises(ConfigError, match="differs in: finetune_steps"):  # finished rows were made with 10 steps
+        ablate(AblateConfig(demo_dir=tiny_demo, tables=("table4",), finetune_steps=7))
+    with pytest.raises(DefiError, match="--tasks push-v3"):
+        ablate(AblateConfig(demo_dir=tiny_demo, tasks=("push-v3",)))
+
+
+def test_quick_preset_end_to_end_smoke(tmp_path):
+    """The `quick` preset as a user runs it (about 5 minutes on a 2-core CPU): every stage at its real sizes."""
+    from defi.demo.pipeline import preset_quick
+
+    run_dir = tmp_path / "quick"
+    run_demo(replace(preset_quick(), run_dir=run_dir))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["comparison"]) == {"defi", "defi-scratch", "image_dp"}
+    for row in report["comparison"].values():
+        assert row["overall"]["episodes"] == 6 and set(row["per_task"]) == {"reach-v3", "button-press-topdown-v3"}
+    assert report["gfdm"]["eval_clips"] == 16 and report["gidm"]["codebook_size"] == 128
+    assert report["latency"]["one_thread"]["whole_ms"] > 0 and report["latent_actions"]["clips"] == 400
+    assert (run_dir / "report.html").stat().st_size > 50_000

@@ -40,6 +40,8 @@ class AblateConfig(Config):
     """Finetuning steps per row; 0 = the demo's."""
     episodes_per_task: int = 0
     """Evaluation episodes per task per row; 0 = the demo's."""
+    tasks: tuple[str, ...] = ()
+    """Evaluate on these of the demo's tasks only; () = all of them."""
 
     def validate(self) -> None:
         for t in self.tables:
@@ -97,8 +99,8 @@ def _pretrain_variant_idm(demo, name: str, out: Path) -> Path:
         return out
     resume = any((out / "checkpoints").glob("step_*"))
     print(f"== ablate: pretraining the {name} inverse model in {out}", flush=True)
-    demos = demo_clips_for_idm(demo)
-    pretrain_idm(replace(demo.idm, run_dir=out, model=model, resume=resume), eval_dataset=demos, probe_dataset=demos)
+    pretrain_idm(replace(demo.idm, run_dir=out, model=model, resume=resume),
+                 eval_dataset=demo_clips_for_idm(demo, "val"), probe_dataset=demo_clips_for_idm(demo, "train"))
     return out
 
 
@@ -113,30 +115,37 @@ def ablate(cfg: AblateConfig) -> dict[str, Any]:
                         "(run `defi demo` first)")
     demo = load_config(DemoConfig, demo_dir / "config.json")
     ft = replace(demo.finetune, fdm=str(demo.fdm.run_dir), idm=str(demo.idm.run_dir), policy_type="defi")
-    same_budget = cfg.finetune_steps in (0, ft.trainer.max_steps) and cfg.episodes_per_task in (0, ft.eval.episodes_per_task)
+    unknown = [t for t in cfg.tasks if t not in ft.eval.tasks]
+    if unknown:
+        raise DefiError(f"--tasks {unknown[0]}: not one of the demo's tasks ({', '.join(ft.eval.tasks)})")
+    same_budget = (cfg.finetune_steps in (0, ft.trainer.max_steps) and cfg.episodes_per_task in (0, ft.eval.episodes_per_task)
+                   and set(cfg.tasks or ft.eval.tasks) == set(ft.eval.tasks))
+    if cfg.tasks:
+        ft = replace(ft, eval=replace(ft.eval, tasks=tuple(cfg.tasks)))
     if cfg.finetune_steps:
         ft = replace(ft, trainer=replace(ft.trainer, max_steps=cfg.finetune_steps))
     if cfg.episodes_per_task:
         ft = replace(ft, eval=replace(ft.eval, episodes_per_task=cfg.episodes_per_task))
     root = demo_dir / "ablate"
     root.mkdir(parents=True, exist_ok=True)
+    _check_same_budget(cfg, root / "config.json")
 
-    def shared(variant: str, table: str, row: str):
-        """The demo's own run of this row when the budget matches, else a run of our own."""
+    def shared(variant: str) -> Path:
+        """The demo's own run of this row when the budget matches, else one run shared by every table."""
         if same_budget and finished_metrics(demo_dir / "compare" / variant) is not None:
             return demo_dir / "compare" / variant
-        return root / table / row
+        return root / "shared" / variant
 
     rows_of: dict[str, dict[str, tuple[Any, Path]]] = {
-        "table4": {"none": (replace(ft, pretrained_weights=False), shared("defi-scratch", "table4", "none")),
+        "table4": {"none": (replace(ft, pretrained_weights=False), shared("defi-scratch")),
                    "gidm_only": (replace(ft, random_gfdm=True), root / "table4" / "gidm_only"),
                    "gfdm_only": (replace(ft, random_gidm=True), root / "table4" / "gfdm_only"),
-                   "both": (ft, shared("defi", "table4", "both"))},
+                   "both": (ft, shared("defi"))},
         "table9": {t: (replace(ft, policy=replace(ft.policy, trainable=t)),
-                       shared("defi", "table9", t) if t == "gidm+adapter" else root / "table9" / t)
+                       shared("defi") if t == "gidm+adapter" else root / "table9" / t)
                    for t in ("adapter", "gfdm+adapter", "gidm+adapter", "all")},
         "figure4": {f"{100 * f:g}%": (replace(ft, data=replace(ft.data, episode_fraction=f)),
-                                      shared("defi", "figure4", "100%") if f == 1.0 else root / "figure4" / f"{100 * f:g}%")
+                                      shared("defi") if f == 1.0 else root / "figure4" / f"{100 * f:g}%")
                     for f in sorted(cfg.fractions)},
     }
     if "table7" in cfg.tables:
@@ -144,7 +153,7 @@ def ablate(cfg: AblateConfig) -> dict[str, Any]:
         for name in ("mlp", "transformer"):
             idm_dir = _pretrain_variant_idm(demo, name, root / "table7" / f"gidm-{name}")
             rows_of["table7"][name] = (replace(ft, idm=str(idm_dir)), root / "table7" / name)
-        rows_of["table7"]["vq"] = (ft, shared("defi", "table7", "vq"))
+        rows_of["table7"]["vq"] = (ft, shared("defi"))
 
     result: dict[str, Any] = {"demo_dir": str(demo_dir), "finetune_steps": ft.trainer.max_steps,
                               "episodes_per_task": ft.eval.episodes_per_task, "tasks": list(ft.eval.tasks),
@@ -163,6 +172,23 @@ def ablate(cfg: AblateConfig) -> dict[str, Any]:
             "rows": rows, "verdicts": [verdict(a, b, rows, names) for a, b in order if a in rows and b in rows]}
         _write(root, result)
     return result
+
+
+def _check_same_budget(cfg: AblateConfig, path: Path) -> None:
+    """Finished rows are reused, which is only honest when they were trained and evaluated with the same budget
+    (which tables and fractions are asked for may change between calls)."""
+    from defi.config import save_config, to_dict
+    from defi.errors import ConfigError
+
+    new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items()
+           if k not in ("tables", "fractions", "_type")}
+    if path.is_file():
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("tables", "fractions", "_type")}
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(f"{path}: the ablation rows here were made with other settings (differs in: "
+                              f"{', '.join(changed)}); delete {path.parent} to start the ablations over")
+    save_config(cfg, path)
 
 
 def _write(root: Path, result: dict[str, Any]) -> None:

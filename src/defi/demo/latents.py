@@ -68,11 +68,15 @@ def latent_action_picture(cfg: Any, out_path: Path) -> dict[str, Any]:
     motion = _ee_motion(dataset, indices)
     episodes = cached.episode_index if cached.episode_index is not None else torch.zeros(len(indices))
 
-    # probes: fitted on the first half of the episodes, scored on the rest (rows sorted by episode)
+    # probes: fitted on half of the episodes, scored on the other half; the halves come from a seeded permutation
+    # (the store lists episodes task by task, so a split by index would test on other tasks than it fits)
     order = torch.argsort(episodes, stable=True)
     uniq = episodes.unique(sorted=True)
-    test = torch.isin(episodes[order], uniq[len(uniq) // 2 :]) if len(uniq) > 1 else \
-        torch.arange(len(order)) >= len(order) // 2
+    if len(uniq) > 1:
+        held = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(0))[: len(uniq) // 2]]
+        test = torch.isin(episodes[order], held)
+    else:
+        test = torch.arange(len(order)) >= len(order) // 2
     y = torch.from_numpy(motion)[order]
     probes = {}
     for name, x in (("latent_action", latent[order]), ("feature_diff", diff[order])):

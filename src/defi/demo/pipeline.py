@@ -153,12 +153,13 @@ def stage_gfdm(cfg: DemoConfig) -> dict[str, Any]:
                                  "mse_ratio_one_step_over_copy") if k in held}
 
 
-def demo_clips_for_idm(cfg: DemoConfig):
-    """The labeled demos as the GIDM sees clips (its cameras, interval and action chunk), every episode."""
+def demo_clips_for_idm(cfg: DemoConfig, split: str = "all"):
+    """The labeled demos as the GIDM sees clips (its cameras, interval and action chunk). "train" and "val" are
+    two halves of the episodes drawn by a seeded permutation, so both hold every task."""
     from defi.data.config import build_clip_dataset
 
-    data = replace(cfg.idm.data, sources=[(str(cfg.demos.out), 1.0)], val_fraction=0.0)
-    return build_clip_dataset(data, "all")
+    data = replace(cfg.idm.data, sources=[(str(cfg.demos.out), 1.0)], val_fraction=0.5)
+    return build_clip_dataset(data, split)
 
 
 def stage_gidm(cfg: DemoConfig) -> dict[str, Any]:
@@ -166,9 +167,10 @@ def stage_gidm(cfg: DemoConfig) -> dict[str, Any]:
 
     # pretrained on action-free corpus clips only; held-out scoring (prediction MSE, linear probe of the true
     # actions, split by episode) on the labeled demos, which the GIDM never trains on
-    demos = demo_clips_for_idm(cfg)
+    # (the probe is fitted on half of the demo episodes and scored on the other half)
     idm = replace(cfg.idm, resume=_has_checkpoint(cfg.idm.run_dir))
-    metrics = pretrain_idm(idm, eval_dataset=demos, probe_dataset=demos)
+    metrics = pretrain_idm(idm, eval_dataset=demo_clips_for_idm(cfg, "val"),
+                           probe_dataset=demo_clips_for_idm(cfg, "train"))
     keys = ("eval/mse_over_copy", "eval/codes_used_fraction", "eval/code_perplexity", "eval/probe_r2_latent_action",
             "eval/probe_r2_feature_diff")
     return {k.removeprefix("eval/"): metrics[k] for k in keys if k in metrics}
@@ -347,7 +349,7 @@ def preset_quick() -> DemoConfig:
 
 def preset_full() -> DemoConfig:
     """<= 45 minutes on a 2-core CPU: the demo's real figures."""
-    fdm, idm, ft = _small_stages(fdm_steps=500, idm_steps=600, ft_steps=600, eval_tasks=DEMO_TASKS, episodes=10)
+    fdm, idm, ft = _small_stages(fdm_steps=800, idm_steps=1000, ft_steps=600, eval_tasks=DEMO_TASKS, episodes=10)
     return DemoConfig(
         run_dir=Path("runs/demo"),
         corpus=MetaWorldGenConfig(tasks=",".join(CORPUS_TASKS_FULL), episodes_per_task=6, image_size=64),
