@@ -35,3 +35,14 @@ def test_user_errors_are_one_line_without_traceback(monkeypatch, capsys):
 def test_console_module_runs():
     proc = subprocess.run([sys.executable, "-m", "defi", "env"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and '"device"' in proc.stdout
+
+
+def test_every_command_parses_help(capsys):
+    """Each command's own parser builds (presets, config classes) and prints its options."""
+    for name in COMMANDS:
+        try:
+            code = main([*name.split(), "--help"])
+        except SystemExit as exit_info:
+            code = exit_info.code
+        assert code == 0, name
+        assert "usage" in capsys.readouterr().out.lower(), name

@@ -218,7 +218,7 @@ def ablation_markdown(result: dict[str, Any]) -> str:
 
 
 def ablate_main(argv: list[str]) -> int:
-    cfg = parse_cli(AblateConfig, argv, {}, prog="defi ablate",
+    cfg = parse_cli(AblateConfig, argv, {"small": AblateConfig}, prog="defi ablate",
                     description="The paper's ablation tables (4, 7, 9, Figure 4) at small scale, on a finished "
                                 "`defi demo` run.")
     result = ablate(cfg)
