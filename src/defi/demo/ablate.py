@@ -177,17 +177,14 @@ def ablate(cfg: AblateConfig) -> dict[str, Any]:
 def _check_same_budget(cfg: AblateConfig, path: Path) -> None:
     """Finished rows are reused, which is only honest when they were trained and evaluated with the same budget
     (which tables and fractions are asked for may change between calls)."""
-    from defi.config import save_config, to_dict
+    from defi.config import save_config
+    from defi.demo.pipeline import changed_settings
     from defi.errors import ConfigError
 
-    new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items()
-           if k not in ("tables", "fractions", "_type")}
-    if path.is_file():
-        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("tables", "fractions", "_type")}
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            raise ConfigError(f"{path}: the ablation rows here were made with other settings (differs in: "
-                              f"{', '.join(changed)}); delete {path.parent} to start the ablations over")
+    changed = changed_settings(cfg, path, ignore=("tables", "fractions"))
+    if changed:
+        raise ConfigError(f"{path}: the ablation rows here were made with other settings (differs in: "
+                          f"{', '.join(changed)}); delete {path.parent} to start the ablations over")
     save_config(cfg, path)
 
 

@@ -118,18 +118,18 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((Path(run_dir) / "checkpoints").glob("step_*"))
 
 
-def stage_corpus(cfg: DemoConfig) -> dict[str, Any]:
+def _generate(gen: MetaWorldGenConfig) -> dict[str, Any]:
     from defi.data.sources.metaworld import generate_metaworld
 
-    report = generate_metaworld(cfg.corpus)
-    return _store_summary(cfg.corpus.out, report)
+    return _store_summary(gen.out, generate_metaworld(gen))
+
+
+def stage_corpus(cfg: DemoConfig) -> dict[str, Any]:
+    return _generate(cfg.corpus)
 
 
 def stage_demos(cfg: DemoConfig) -> dict[str, Any]:
-    from defi.data.sources.metaworld import generate_metaworld
-
-    report = generate_metaworld(cfg.demos)
-    return _store_summary(cfg.demos.out, report)
+    return _generate(cfg.demos)
 
 
 def _store_summary(path: Path, report: Any) -> dict[str, Any]:
@@ -273,17 +273,23 @@ STAGE_DOC = {
 }
 
 
-def _check_same_config(cfg: DemoConfig, path: Path) -> None:
-    """Reusing finished stages is only honest when they were made with the same settings."""
+def changed_settings(cfg: Config, path: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Top-level fields of `cfg` that differ from the config saved at `path` ([] when there is none)."""
     from defi.config import to_dict
-    from defi.errors import ConfigError
 
     if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    new = json.loads(json.dumps(to_dict(cfg), default=str))
-    old.pop("_type", None), new.pop("_type", None)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "latency_repeats")
+        return []
+    skip = {"_type", *ignore}
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in skip}
+    new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items() if k not in skip}
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _check_same_config(cfg: DemoConfig, path: Path) -> None:
+    """Reusing finished stages is only honest when they were made with the same settings."""
+    from defi.errors import ConfigError
+
+    changed = changed_settings(cfg, path, ignore=("latency_repeats",))
     if changed:
         raise ConfigError(f"{path}: this run directory was made with other settings (differs in: "
                           f"{', '.join(changed)}); use a new --run-dir, or delete the directory to start over")
