@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from defi.data.store import IMAGE_PREFIX, EpisodeStore
+from defi.data.sources import open_source
+from defi.data.store import IMAGE_PREFIX
 from defi.errors import DefiError
 
 SPLITS = ("train", "val", "all")
@@ -93,7 +94,7 @@ class ClipDataset(Dataset):
         episode_fraction: float = 1.0,
     ) -> None:
         self.root = Path(root)
-        self.store = EpisodeStore.open(self.root, cache_mb=cache_mb)
+        self.store = open_source(self.root, cache_mb=cache_mb)
         info = self.store.info
         self.source = str(info.source)
         self.fps = float(info.fps)
