@@ -1,23 +1,43 @@
-"""One closed-loop episode of any policy in any environment (`defi.envs.base.Env`), with an optional video.
+"""Closed-loop episodes of any policy in any environment (`defi.envs.base.Env`), several in lockstep.
 
-The policy returns an action chunk; the first `execute_steps` actions are executed before it is asked again
-(receding horizon), until the episode succeeds or reaches its step limit. When the policy can show what it
-imagines (an `imagined_frames()` method returning uint8 [F, h, w, 3]), the imagined future is drawn beside the
-camera view in the video.
+`run_episodes` keeps `batch_size` environments running side by side in one process, each driven by its own
+`policy.fork()` (shared weights, own episode state). At every step the environments that need a new action chunk
+are answered by ONE batched policy call (`defi.policies.base.act_batch`); the first `execute_steps` actions of a
+chunk are executed before the policy is asked again (receding horizon), until the episode succeeds or reaches its
+step limit. A finished environment takes the next episode from the queue. At batch 1 this is the classic loop.
+
+Every episode seeds its policy copy with the episode's seed (`policy.reset(seed=...)`), so the sampling noise of
+an episode is the same however the episodes are batched or ordered, and an evaluation run again with the same
+seeds repeats its results. An episode may hold `image_override` (camera key -> image shown to the policy in place
+of the real camera for the whole episode): the vision-reliance check feeds a different scene's first frame.
+
+Videos show the real camera, with the policy's imagined future beside it when the policy has `imagined_frames()`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from defi.errors import ShapeError
+from defi.errors import DefiError, ShapeError
+
+
+@dataclass
+class EpisodeSpec:
+    task: str
+    episode: int
+    seed: int  # the scene (env.reset(seed)) and the policy's sampling noise
+    instruction: str
+    mode: str = "real"  # "real" camera, or e.g. "wrong_scene" (with image_override)
+    image_override: dict[str, np.ndarray] | None = None
+    video_path: Path | None = None
 
 
 @dataclass
@@ -29,9 +49,11 @@ class EpisodeResult:
     steps: int
     instruction: str
     policy_calls: int
-    policy_ms: float
+    policy_ms: float  # this episode's share of the batched calls it took part in, per call
+    mode: str = "real"
     video: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
 
 def _side_by_side(frame: np.ndarray, imagined: np.ndarray | None) -> np.ndarray:
     if imagined is None or len(imagined) == 0:
@@ -39,6 +61,7 @@ def _side_by_side(frame: np.ndarray, imagined: np.ndarray | None) -> np.ndarray:
     h = frame.shape[0]
     tiles = [frame] + [np.asarray(f, dtype=np.uint8)[:h] for f in imagined]
     return np.concatenate(tiles, axis=1)
+
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: int) -> Path:
     """H.264 mp4 through PyAV (the FFmpeg bindings the data layer uses too)."""
@@ -60,36 +83,110 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int) -> Path:
     os.replace(tmp, path)
     return path
 
-def run_episode(policy: Any, env: Any, task: str, episode: int, seed: int, instruction: str, execute_steps: int,
-                video_path: Path | None = None, video_fps: int = 40) -> EpisodeResult:
-    """Run one episode of `task` on the scene of `seed`; `video_path` records it (mp4)."""
-    policy.reset()
-    obs = env.reset(seed=seed)
-    frames: list[np.ndarray] = []
-    calls, policy_time = 0, 0.0
-    imagined = None
-    done = False
-    main_cam = f"observation.images.{env.cameras[0]}"
-    while not done and not env.success:
-        start = time.perf_counter()
-        chunk = np.asarray(policy.act(obs, instruction), dtype=np.float32)
-        policy_time += time.perf_counter() - start
-        calls += 1
-        if chunk.ndim != 2:
-            raise ShapeError(f"policy.act returned shape {list(chunk.shape)}; expected an action chunk [H, A]")
-        if video_path is not None and hasattr(policy, "imagined_frames"):
-            imagined = policy.imagined_frames()
-        steps = chunk[:execute_steps]
-        for i, action in enumerate(steps):
-            if video_path is not None:
-                frames.append(_side_by_side(obs[main_cam], imagined))
-            # images are only needed for the video and for the next policy call
-            obs, _, done, _ = env.step(action, render=video_path is not None or i == len(steps) - 1)
-            if done or env.success:
-                break
-    video = None
-    if video_path is not None and frames:
-        frames.append(_side_by_side(obs[main_cam], imagined))
-        video = str(write_video(video_path, frames, video_fps))
-    return EpisodeResult(task, episode, seed, bool(env.success), env.steps, instruction, calls,
-                         1000.0 * policy_time / max(calls, 1), video)
+
+def _reset_policy(policy: Any, seed: int) -> None:
+    # the protocol's reset takes the episode's seed; a remote or scripted policy may ignore it
+    policy.reset(seed=seed)
+
+
+@dataclass
+class _Slot:
+    spec: EpisodeSpec
+    index: int
+    env: Any
+    obs: dict[str, np.ndarray]
+    frames: list[np.ndarray] = field(default_factory=list)
+    imagined: np.ndarray | None = None
+    calls: int = 0
+    policy_s: float = 0.0
+    done: bool = False
+
+
+def run_episodes(policy: Any, make_env: Callable[[str], Any], specs: Sequence[EpisodeSpec], execute_steps: int,
+                 batch_size: int = 1, video_fps: int = 40,
+                 on_result: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """Run every episode of `specs` (results in the same order); `make_env(task)` builds an environment."""
+    from defi.policies.base import act_batch
+
+    if batch_size < 1:
+        raise DefiError(f"batch_size={batch_size}: expected >= 1")
+    batch_size = min(batch_size, len(specs)) or 1
+    if batch_size > 1 and not callable(getattr(policy, "fork", None)):
+        raise DefiError(f"{type(policy).__name__} has no fork(): it cannot drive several environments at once; "
+                        "use batch_size 1")
+    copies = [policy] if batch_size == 1 else [policy.fork() for _ in range(batch_size)]
+    envs: list[tuple[str, Any] | None] = [None] * batch_size  # each slot keeps one environment, rebuilt per task
+    queue = deque(enumerate(specs))
+    slots: list[_Slot | None] = [None] * batch_size
+    results: list[EpisodeResult | None] = [None] * len(specs)
+    can_imagine = hasattr(policy, "imagined_frames")
+
+    def start(i: int) -> None:
+        if not queue:
+            slots[i] = None
+            return
+        index, spec = queue.popleft()
+        if envs[i] is None or envs[i][0] != spec.task:
+            if envs[i] is not None:
+                envs[i][1].close()
+            envs[i] = (spec.task, make_env(spec.task))
+        env = envs[i][1]
+        _reset_policy(copies[i], spec.seed)
+        slots[i] = _Slot(spec, index, env, env.reset(seed=spec.seed))
+
+    def finish(i: int) -> None:
+        slot = slots[i]
+        assert slot is not None
+        video = None
+        if slot.spec.video_path is not None and slot.frames:
+            main_cam = f"observation.images.{slot.env.cameras[0]}"
+            slot.frames.append(_side_by_side(slot.obs[main_cam], slot.imagined))
+            video = str(write_video(slot.spec.video_path, slot.frames, video_fps))
+        result = EpisodeResult(slot.spec.task, slot.spec.episode, slot.spec.seed, bool(slot.env.success),
+                               slot.env.steps, slot.spec.instruction, slot.calls,
+                               1000.0 * slot.policy_s / max(slot.calls, 1), slot.spec.mode, video)
+        results[slot.index] = result
+        if on_result is not None:
+            on_result(result)
+        start(i)
+
+    try:
+        for i in range(batch_size):
+            start(i)
+        while any(slots):
+            active = [i for i, s in enumerate(slots) if s is not None]
+            observations = []
+            for i in active:
+                slot = slots[i]
+                obs = slot.obs if slot.spec.image_override is None else {**slot.obs, **slot.spec.image_override}
+                observations.append(obs)
+            t0 = time.perf_counter()
+            chunks = act_batch([copies[i] for i in active], observations, [slots[i].spec.instruction for i in active])
+            share = (time.perf_counter() - t0) / len(active)
+            for row, i in enumerate(active):
+                slot = slots[i]
+                chunk = np.asarray(chunks[row], dtype=np.float32)
+                if chunk.ndim != 2:
+                    raise ShapeError(f"the policy returned an action chunk of shape {list(chunk.shape)}; expected "
+                                     "[H, A]")
+                slot.calls += 1
+                slot.policy_s += share
+                recording = slot.spec.video_path is not None
+                if recording and can_imagine:
+                    slot.imagined = copies[active[0]].imagined_frames(row=row)
+                main_cam = f"observation.images.{slot.env.cameras[0]}"
+                steps = chunk[:execute_steps]
+                for k, action in enumerate(steps):
+                    if recording:
+                        slot.frames.append(_side_by_side(slot.obs[main_cam], slot.imagined))
+                    # images are only needed for the video and for the next policy call
+                    slot.obs, _, slot.done, _ = slot.env.step(action, render=recording or k == len(steps) - 1)
+                    if slot.done or slot.env.success:
+                        break
+                if slot.done or slot.env.success:
+                    finish(i)
+    finally:
+        for entry in envs:
+            if entry is not None:
+                entry[1].close()
+    return [r for r in results if r is not None]

@@ -98,8 +98,9 @@ class PolicyClient:
         """The policy API over the wire: float32 [H, A] action chunk for this observation."""
         return np.array(self.infer({**observation, "prompt": instruction})["actions"])  # writable, unlike the frame
 
-    def reset(self) -> None:
-        """Start a new episode for this connection (other connections are not affected)."""
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode for this connection (other connections are not affected). openpi's protocol has no
+        seed: the server-side policy copy draws its sampling noise from its own generator, so `seed` is ignored."""
         reply = self.infer({RESET_KEY: True})
         if not reply.get(RESET_KEY):
             raise PolicyServerError(f"{self.url} did not acknowledge the reset (reply keys {sorted(reply)}); "
