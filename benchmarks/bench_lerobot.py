@@ -6,7 +6,8 @@ shuffled, DataLoader workers as given):
 - decoding speed of the camera (one process, episode by episode);
 - in place: `LeRobotSource` (decodes a whole episode on first use, per worker, into its decoded-episode cache)
   under the clip sampler, which resizes every clip to 64x64; first epoch, later epochs with a cache that holds
-  the dataset, and a few batches with a cache that does not (every miss decodes an episode again);
+  the dataset, the same with frames scaled to 64x64 as they are decoded (in-place reading at its best), and a
+  few batches with a cache that cannot hold the dataset (every miss decodes an episode again);
 - import: `defi data lerobot` (decode every frame once, resize to 64x64, write the store): seconds per 1,000
   frames;
 - the imported store (the native format every stage reads): first and later epochs.
@@ -74,6 +75,12 @@ def measure(ds, workers: int, batch: int, epochs: int, max_clips: int = 0, seed:
                 break
         rates.append(done / (time.perf_counter() - start))
     return rates
+
+
+def open_resized(path: Path, cache_mb: float = 512):
+    from defi.data.sources.lerobot import LeRobotSource
+
+    return LeRobotSource(path, cache_mb=cache_mb, decode_size=64)
 
 
 def cpu_model() -> str:
@@ -146,6 +153,11 @@ def main() -> None:
 
         big = frames * int(np.prod(source.info.image_size)) * 3 / 2**20 * 1.2 + 64
         in_place = measure(ClipDataset(dataset, cache_mb=big, **clip, **dims), args.workers, args.batch, args.epochs)
+        # The best case in place: frames scaled to the training size as they are decoded (the cache then holds
+        # the dataset at 64x64; every run and every worker still decodes it once).
+        register_reader("lerobot", is_lerobot_dataset, "__main__:open_resized")
+        resized = measure(ClipDataset(dataset, **clip, **dims), args.workers, args.batch, args.epochs)
+        register_reader("lerobot", is_lerobot_dataset, "defi.data.sources.lerobot:LeRobotSource")
         # Every clip misses a cache smaller than one worker's share of decoded episodes: one pass of a few
         # batches shows the steady rate (a whole epoch would take an episode decode per clip).
         small = measure(ClipDataset(dataset, cache_mb=args.small_cache_mb, **clip, **dims), args.workers,
@@ -163,6 +175,8 @@ def main() -> None:
               f"({1000 * decode_s / frames:.2f} ms per frame)")
         print(f"in place, first epoch (decoding):                      {in_place[0]:8.0f} clips/s")
         print(f"in place, later epochs (cache {big:.0f} MiB holds the data):  {later(in_place):8.0f} clips/s")
+        print(f"in place, decoded to 64x64, first epoch:              {resized[0]:8.0f} clips/s")
+        print(f"in place, decoded to 64x64, later epochs:             {later(resized):8.0f} clips/s")
         print(f"in place, cache {args.small_cache_mb:.0f} MiB (each clip decodes its episode): {small[0]:8.0f} clips/s "
               f"({args.small_cache_clips} clips)")
         print(f"import to a 64x64 store: {import_s:.1f} s for {report.frames} frames = "

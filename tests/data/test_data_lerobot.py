@@ -77,6 +77,8 @@ def test_reads_v30_written_by_lerobot(v30):
     for e in (2, 0, 1):
         assert_frames_match(source.read(e, "observation.images.front"), EPISODES[e]["frames"])
     np.testing.assert_array_equal(source.read(1, "action", np.array([0, 3])), EPISODES[1]["action"][[0, 3]])
+    small = LeRobotSource(v30, decode_size=16)
+    assert small.info.image_size == [16, 16] and small.read(2, "observation.images.wrist", np.arange(3)).shape == (3, 16, 16, 3)
 
 
 def test_import_maps_cameras_keeps_fps_and_resumes(v30, tmp_path):

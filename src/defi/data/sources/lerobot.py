@@ -326,7 +326,8 @@ class LeRobotSource:
     read interface (`info`, `episodes`, `read`, `read_episode`, `stats`), with cameras named by `camera_name`,
     decoded episodes kept in a byte-bounded cache: the benchmark measures training on it in place."""
 
-    def __init__(self, root: str | Path, cache_mb: float = 512) -> None:
+    def __init__(self, root: str | Path, cache_mb: float = 512, decode_size: int = 0) -> None:
+        """`decode_size` > 0: the read interface serves frames scaled and centre-cropped to that square size."""
         from defi.data.store import StoreInfo, _ChunkCache
 
         _require("pyarrow")
@@ -360,6 +361,8 @@ class LeRobotSource:
         self._key_of = {IMAGE_PREFIX + n: k for n, k in zip(names, self.camera_keys)}
         sizes = {_image_hw(self.features[k], k, info_path) for k in self.camera_keys}
         image_size = list(next(iter(sizes))) if len(sizes) == 1 else [0, 0]
+        self._convert = _resizer(decode_size, crop=True) if decode_size else _rgb
+        image_size = [decode_size, decode_size] if decode_size else image_size
         store_features = {IMAGE_PREFIX + n: {"dtype": "image", "shape": [*image_size, 3], "names": None} for n in names}
         for key in self.low_dim_keys:
             shape = list(self.features[key].get("shape") or [1])
@@ -577,7 +580,7 @@ class LeRobotSource:
         data = self.cache.get(cache_key)
         if data is None:
             ep = self.source_episodes[episode]
-            data = self.frames(ep, self._key_of[key]) if key in self._key_of else self.low_dim(ep, key)
+            data = self.frames(ep, self._key_of[key], self._convert) if key in self._key_of else self.low_dim(ep, key)
             self.cache.put(cache_key, data)
         return data
 
