@@ -5,6 +5,8 @@ training stages on an imported LeRobot dataset."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -132,6 +134,11 @@ def test_v21_layout_read_before_and_after_lerobot_converter(le, tmp_path):
             assert source.frame_tasks(ep) == [want["task"]] * ep.length
 
     check("v2.1")
+    # v2.0 has the same layout (its stats.json instead of episodes_stats.jsonl plays no part in reading)
+    older = Path(shutil.copytree(root, tmp_path / "v20"))
+    info = json.loads((older / "meta" / "info.json").read_text())
+    (older / "meta" / "info.json").write_text(json.dumps({**info, "codebase_version": "v2.0"}))
+    assert LeRobotSource(older).version == "v2.0" and import_lerobot(importing(older, tmp_path / "v20-store")).written == 2
     # LeRobot's converter concatenates the per-episode videos and parquet files (it converts root/repo_id in place)
     le.converter.convert_dataset("defi-tests/aloha", root=tmp_path, push_to_hub=False)
     assert sorted(p.name for p in (root / "videos" / "observation.images.top").rglob("*.mp4")) == ["file-000.mp4"]
@@ -239,9 +246,10 @@ def test_export_cli_and_nothing_half_written(demo_store, tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]  # no dataset, no temporary directory
 
 
-def test_bad_inputs_name_the_file_and_episode(le, v30, tmp_path):
-    # a truncated data parquet (v3.0, written by LeRobot): all three episodes live in it
-    bad = Path(shutil.copytree(v30, tmp_path / "truncated"))
+def test_bad_inputs_name_the_file_and_episode(demo_store, tmp_path):
+    # a truncated data parquet (v3.0): all three episodes live in it
+    bad = tmp_path / "truncated"
+    export_lerobot(LeRobotExportConfig(store=demo_store, out=bad, progress=False))
     data = bad / "data" / "chunk-000" / "file-000.parquet"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(DefiError, match=r"file-000.parquet \(episode 0\): unreadable data parquet"):
@@ -268,24 +276,34 @@ def test_bad_inputs_name_the_file_and_episode(le, v30, tmp_path):
         import_lerobot(importing(root, tmp_path / "s3"))
 
 
-def test_camera_mismatch_names_both_sides(v30, tmp_path):
-    with pytest.raises(DefiError, match=r"has no camera 'observation.images.top' \(its camera keys: "
-                                        r"observation.images.front, observation.images.wrist; .*corner"):
-        import_lerobot(importing(v30, tmp_path / "s", camera_map=("observation.images.top=corner",)))
-    import_lerobot(importing(v30, tmp_path / "s", size=16))  # no map: cameras keep the dataset's names
-    with pytest.raises(DefiError, match=r"store's cameras: front, wrist; the policy's: corner, gripperPOV\); "
-                                        r".*--camera-map"):
+def test_camera_mismatch_names_both_sides(tmp_path):
+    root = write_v21(tmp_path / "aloha", expected_episodes([5, 6]), fps=30)
+    with pytest.raises(DefiError, match=r"has no camera 'observation.images.front' \(its camera keys: "
+                                        r"observation.images.top; .*corner, gripperPOV"):
+        import_lerobot(importing(root, tmp_path / "s", camera_map=("observation.images.front=corner", "top=gripperPOV")))
+    import_lerobot(importing(root, tmp_path / "s", size=16))  # no map: cameras keep the dataset's names
+    with pytest.raises(DefiError, match=r"store's cameras: top; the policy's: corner, gripperPOV\); .*--camera-map"):
         ClipDataset(tmp_path / "s", cameras=("corner", "gripperPOV"))
-    with pytest.raises(DefiError, match=r"is a LeRobot v3.0 dataset; import it once .*defi data lerobot"):
-        ClipDataset(v30)
+    with pytest.raises(DefiError, match=r"is a LeRobot v2.1 dataset; import it once .*defi data lerobot"):
+        ClipDataset(root)
 
 
-def test_pretrain_idm_and_finetune_on_a_lerobot_dataset(v30, tmp_path):
+@pytest.fixture(scope="module")
+def demos(request, tmp_path_factory) -> Path:
+    """Demonstrations written by LeRobot's own writer where it runs; else in the v2.1 layout, so that the
+    training test does not depend on lerobot-dataset being installed."""
+    if importlib.util.find_spec("ledataset") is not None:
+        return request.getfixturevalue("v30")
+    return write_v21(tmp_path_factory.mktemp("v21") / "demos", EPISODES, fps=FPS)
+
+
+def test_pretrain_idm_and_finetune_on_a_lerobot_dataset(demos, tmp_path):
     from defi.data.config import data_tiny
     from defi.policies import load_policy
     from defi.train import finetune, pretrain_idm
 
-    import_lerobot(importing(v30, tmp_path / "store", size=32, camera_map=("observation.images.front=corner",)))
+    key = "observation.images.front" if LeRobotSource(demos).version == "v3.0" else "observation.images.top"
+    import_lerobot(importing(demos, tmp_path / "store", size=32, camera_map=(f"{key}=corner",)))
     data = replace(data_tiny(), sources=[(str(tmp_path / "store"), 1.0)], val_fraction=0.34, image_size=32)
     icfg = replace(pretrain_idm.preset_tiny(), run_dir=tmp_path / "idm", data=replace(data, future_frames=1),
                    trainer=replace(pretrain_idm.preset_tiny().trainer, max_steps=4))

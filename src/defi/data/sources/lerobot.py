@@ -28,9 +28,10 @@ stops the import with an error naming the file and the episode; with `skip_bad` 
 counted instead. Episodes are written atomically (see `defi.data.store`): a stopped import leaves only whole
 episodes, and running it again resumes.
 
-Why import rather than train on the LeRobot directory in place: `benchmarks/bench_lerobot.py` measures both.
-Decoding video is the cost of every clip read in place, while an imported store is read at the native store's
-speed; the import also applies the camera map once and stores frames at the training resolution.
+Why import rather than train on the LeRobot directory in place (`benchmarks/bench_lerobot.py` measures both):
+read in place, clips come at the store's speed only once every DataLoader worker holds the whole decoded
+dataset in RAM (at the training size), and that decoding is paid again in every run and every worker; the
+import decodes once, checks every episode before training starts, and fixes camera names and frame size once.
 `LeRobotSource` still offers the store's read interface (used by the benchmark and by tests); pointing a stage
 at a LeRobot directory stops with the import command to run.
 
