@@ -190,6 +190,12 @@ def camera_name(key: str) -> str:
     return key
 
 
+def default_camera_names(keys: list[str]) -> list[str]:
+    """`camera_name` of every key, or the keys themselves if two would get the same name."""
+    names = [camera_name(k) for k in keys]
+    return names if len(set(names)) == len(names) else list(keys)
+
+
 def _image_hw(feature: dict[str, Any], key: str, where: Path) -> tuple[int, int]:
     shape, names = list(feature.get("shape") or []), list(feature.get("names") or [])
     if len(shape) != 3:
@@ -356,9 +362,7 @@ class LeRobotSource:
         self._pid = os.getpid()
 
         # the episode store's read interface
-        names = [camera_name(k) for k in self.camera_keys]
-        if len(set(names)) != len(names):
-            names = list(self.camera_keys)
+        names = default_camera_names(self.camera_keys)
         self._key_of = {IMAGE_PREFIX + n: k for n, k in zip(names, self.camera_keys)}
         sizes = {_image_hw(self.features[k], k, info_path) for k in self.camera_keys}
         image_size = list(next(iter(sizes))) if len(sizes) == 1 else [0, 0]
@@ -666,10 +670,9 @@ class ImportReport:
 
 
 def resolve_camera_map(source: LeRobotSource, camera_map: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
-    """(dataset camera key, store camera name) pairs; a name that the dataset does not have names its keys."""
+    """(dataset camera key, store camera name) pairs; a key the dataset lacks stops with the dataset's keys."""
     if not camera_map:
-        return [(k, camera_name(k)) for k in source.camera_keys] if len({camera_name(k) for k in source.camera_keys}) \
-            == len(source.camera_keys) else [(k, k) for k in source.camera_keys]
+        return list(zip(source.camera_keys, default_camera_names(source.camera_keys)))
     pairs = []
     for pair in camera_map:
         key, name = pair.split("=")
