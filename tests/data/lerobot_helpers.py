@@ -32,7 +32,8 @@ TASKS = ["pick up the red cube", "push the cube to the left"]
 def load_ledataset():
     """The `ledataset` modules the tests use (skips the test when lerobot-dataset is not installed)."""
     if importlib.util.find_spec("ledataset") is None:
-        pytest.skip("lerobot-dataset (import name ledataset) is not installed: pip install --no-deps lerobot-dataset==0.4.4")
+        pytest.skip("lerobot-dataset (import name ledataset) is not installed: make install, or pip install --no-deps "
+                    "lerobot-dataset==0.4.4 datasets==4.1.1")
     if "ledataset.datasets.lerobot_dataset" not in sys.modules:
         importlib.import_module("datasets")  # before the stand-in exists, so its torchvision check sees the truth
         names = ("torchvision", "torchvision.transforms", "torchvision.io")
@@ -109,12 +110,12 @@ def frame_image(episode: int, frame: int, size=SIZE) -> np.ndarray:
     return img
 
 
-def expected_episodes(lengths: list[int], seed: int = 0) -> list[dict]:
-    """Per episode: frames [T, h, w, 3], state and action float32 [T, 4], task string."""
+def expected_episodes(lengths: list[int], seed: int = 0, dim: int = 4) -> list[dict]:
+    """Per episode: frames [T, h, w, 3], state and action float32 [T, dim], task string."""
     rng = np.random.default_rng(seed)
     return [{"frames": np.stack([frame_image(e, i) for i in range(n)]),
-             "state": rng.normal(size=(n, 4)).astype(np.float32),
-             "action": rng.uniform(-1, 1, size=(n, 4)).astype(np.float32),
+             "state": rng.normal(size=(n, dim)).astype(np.float32),
+             "action": rng.uniform(-1, 1, size=(n, dim)).astype(np.float32),
              "task": TASKS[e % len(TASKS)]} for e, n in enumerate(lengths)]
 
 
@@ -122,11 +123,12 @@ def write_with_lerobot(le, root: Path, episodes: list[dict], fps: int = FPS) -> 
     """A v3.0 dataset written by LeRobot's own writer: the front camera as AV1 video, the wrist camera (the same
     frames mirrored) as PNG image features, state, action and a task per frame."""
     h, w = episodes[0]["frames"].shape[1:3]
+    dim = episodes[0]["action"].shape[1]
     camera = {"shape": (h, w, 3), "names": ["height", "width", "channels"]}
+    joints = {"dtype": "float32", "shape": (dim,), "names": [f"joint{i}" for i in range(dim)]}
     features = {"observation.images.front": {"dtype": "video", **camera},
                 "observation.images.wrist": {"dtype": "image", **camera},
-                "observation.state": {"dtype": "float32", "shape": (4,), "names": [f"joint{i}" for i in range(4)]},
-                "action": {"dtype": "float32", "shape": (4,), "names": [f"joint{i}" for i in range(4)]}}
+                "observation.state": joints, "action": dict(joints)}
     ds = le.LeRobotDataset.create("defi-tests/so100", fps=fps, features=features, root=root, robot_type="so100")
     for ep in episodes:
         for i in range(len(ep["frames"])):
@@ -162,14 +164,15 @@ def write_v21(root: Path, episodes: list[dict], fps: int = 30, video_frames: dic
     import pyarrow.parquet as pq
 
     h, w = episodes[0]["frames"].shape[1:3]
+    dim = episodes[0]["action"].shape[1]
     data_path = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
     video_path = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
     key = "observation.images.top"
     features = {
         key: {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
               "info": {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p", "has_audio": False}},
-        "observation.state": {"dtype": "float32", "shape": [4], "names": None},
-        "action": {"dtype": "float32", "shape": [4], "names": None},
+        "observation.state": {"dtype": "float32", "shape": [dim], "names": None},
+        "action": {"dtype": "float32", "shape": [dim], "names": None},
         **{k: {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
            for k in ("timestamp", "frame_index", "episode_index", "index", "task_index")},
     }
@@ -179,7 +182,7 @@ def write_v21(root: Path, episodes: list[dict], fps: int = 30, video_frames: dic
     ep_lines, stat_lines = [], []
     for e, ep in enumerate(episodes):
         n = len(ep["frames"])
-        vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 4)
+        vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
         table = pa.table({"observation.state": vec(ep["state"]), "action": vec(ep["action"]),
                           "timestamp": pa.array((np.arange(n) / fps).astype(np.float32)),
                           "frame_index": pa.array(np.arange(n)), "episode_index": pa.array(np.full(n, e)),

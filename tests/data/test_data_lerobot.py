@@ -12,22 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lerobot_helpers import (
+    FPS,
+    TASKS,
+    expected_episodes,
+    frame_image,
+    load_ledataset,
+    pyav_decode_frames,
+    write_v21,
+    write_with_lerobot,
+)
 
-from defi.config import replace
+from defi.cli import main as defi_main
 from defi.data.clips import ClipDataset
 from defi.data.sources.lerobot import (
     LeRobotExportConfig,
     LeRobotImportConfig,
     LeRobotSource,
     export_lerobot,
-    export_lerobot_main,
     import_lerobot,
-    lerobot_main,
 )
 from defi.data.store import EpisodeStore, StoreInfo, feature_spec
 from defi.errors import DefiError
-from lerobot_helpers import (FPS, TASKS, expected_episodes, frame_image, load_ledataset, pyav_decode_frames,
-                             write_v21, write_with_lerobot)
 
 EPISODES = expected_episodes([12, 15, 14])
 
@@ -106,8 +112,8 @@ def test_import_maps_cameras_keeps_fps_and_resumes(v30, tmp_path):
 
 def test_cli_resizes_and_imports_action_free(v30, tmp_path, capsys):
     out = tmp_path / "videos"
-    assert lerobot_main([str(v30), "--out", str(out), "--size", "16", "--camera-map", "observation.images.front=corner",
-                         "wrist=gripperPOV", "--action-free", "--no-progress"]) == 0
+    assert defi_main(["data", "lerobot", str(v30), "--out", str(out), "--size", "16", "--camera-map",
+                      "observation.images.front=corner", "wrist=gripperPOV", "--action-free", "--no-progress"]) == 0
     assert "wrote 3 episodes (41 frames" in capsys.readouterr().out
     store = EpisodeStore.open(out)
     assert store.info.cameras == ["corner", "gripperPOV"] and store.info.image_size == [16, 16]
@@ -225,8 +231,8 @@ def test_export_opens_with_lerobots_own_readers(le, demo_store, tmp_path, monkey
 def test_export_cli_and_nothing_half_written(demo_store, tmp_path, monkeypatch, capsys):
     from defi.data.sources import lerobot
 
-    assert export_lerobot_main([str(demo_store), "--out", str(tmp_path / "ok"), "--vcodec", "h264",
-                                "--no-progress"]) == 0
+    assert defi_main(["data", "export-lerobot", str(demo_store), "--out", str(tmp_path / "ok"), "--vcodec", "h264",
+                      "--no-progress"]) == 0
     assert "3 episodes, 84 frames, 2 tasks" in capsys.readouterr().out
     with pytest.raises(DefiError, match="already exists"):
         export_lerobot(LeRobotExportConfig(store=demo_store, out=tmp_path / "ok", progress=False))
@@ -290,28 +296,43 @@ def test_camera_mismatch_names_both_sides(tmp_path):
 
 @pytest.fixture(scope="module")
 def demos(request, tmp_path_factory) -> Path:
-    """Demonstrations written by LeRobot's own writer where it runs; else in the v2.1 layout, so that the
-    training test does not depend on lerobot-dataset being installed."""
+    """Demonstrations of a 6-dim robot (SO-101-like: 6 joints, state and action) written by LeRobot's own writer
+    where it runs; else in the v2.1 layout, so that the training test does not depend on lerobot-dataset."""
+    episodes = expected_episodes([12, 15, 14], seed=4, dim=6)
+    root = tmp_path_factory.mktemp("demos") / "so101"
     if importlib.util.find_spec("ledataset") is not None:
-        return request.getfixturevalue("v30")
-    return write_v21(tmp_path_factory.mktemp("v21") / "demos", EPISODES, fps=FPS)
+        return write_with_lerobot(request.getfixturevalue("le"), root, episodes)
+    return write_v21(root, episodes, fps=FPS)
 
 
 def test_pretrain_idm_and_finetune_on_a_lerobot_dataset(demos, tmp_path):
-    from defi.data.config import data_tiny
+    """The README's commands ("Train on your LeRobot dataset") at the tiny preset: import the videos alone and the
+    demonstrations, pretrain the GIDM on the videos, finetune DeFI on the 6-dim demonstrations."""
+    from defi.cli import parse
     from defi.policies import load_policy
     from defi.train import finetune, pretrain_idm
 
     key = "observation.images.front" if LeRobotSource(demos).version == "v3.0" else "observation.images.top"
-    import_lerobot(importing(demos, tmp_path / "store", size=32, camera_map=(f"{key}=corner",)))
-    data = replace(data_tiny(), sources=[(str(tmp_path / "store"), 1.0)], val_fraction=0.34, image_size=32)
-    icfg = replace(pretrain_idm.preset_tiny(), run_dir=tmp_path / "idm", data=replace(data, future_frames=1),
-                   trainer=replace(pretrain_idm.preset_tiny().trainer, max_steps=4))
-    metrics = pretrain_idm.pretrain_idm(icfg)
-    assert np.isfinite(metrics["eval/mse"])
-    fcfg = replace(finetune.preset_tiny(), run_dir=tmp_path / "ft", data=data, idm=str(tmp_path / "idm"),
-                   evaluate=False, trainer=replace(finetune.preset_tiny().trainer, max_steps=4))
-    metrics = finetune.finetune(fcfg)
-    assert metrics["train"]["loss"] > 0
+    videos, store = tmp_path / "videos", tmp_path / "store"
+    assert defi_main(["data", "lerobot", str(demos), "--out", str(videos), "--size", "32", "--action-free",
+                      "--camera-map", f"{key}=corner", "--no-progress"]) == 0
+    assert defi_main(["data", "lerobot", str(demos), "--out", str(store), "--size", "32",
+                      "--camera-map", f"{key}=corner", "--no-progress"]) == 0
+    assert EpisodeStore.open(store).info.features["action"]["shape"] == [6]
+
+    _, icfg = parse(["pretrain-idm", "--preset", "tiny", "--data.sources", str(videos), "1.0", "--run-dir",
+                     str(tmp_path / "idm"), "--data.val-fraction", "0.34", "--data.future-frames", "1",
+                     "--trainer.max-steps", "4"])
+    metrics = pretrain_idm.run(icfg)
+    assert np.isfinite(metrics["held_out"]["mse"]) and icfg.model.camera == "corner"
+
+    # the robot's sizes: the policy's action and state (the data config follows from the policy)
+    _, fcfg = parse(["finetune", "--preset", "tiny", "--idm", str(tmp_path / "idm"), "--data.sources", str(store),
+                     "1.0", "--no-evaluate", "--defi.action-dim", "6", "--defi.adapter.action-dim", "6",
+                     "--defi.state-dim", "6", "--run-dir", str(tmp_path / "ft"), "--data.val-fraction", "0.34",
+                     "--trainer.max-steps", "4"])
+    metrics = finetune.run(fcfg)
+    assert metrics["train"]["loss"] > 0 and np.isfinite(metrics["held_out"]["val_action_mse"])
     policy = load_policy(tmp_path / "ft")
-    assert policy.config.cameras == ("corner",)
+    meta = policy.metadata
+    assert (meta.cameras, meta.action_dim, meta.state_dim) == (["corner"], 6, 6)

@@ -57,7 +57,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 
-from defi.config import Config, parse_cli, validate_config
+from defi.config import Config, validate_config
 from defi.errors import DefiError
 
 SOURCE = "lerobot"
@@ -83,12 +83,13 @@ STAT_FRAMES = 100
 
 # ------------------------------------------------------------------------------------------- small readers
 def _require(*modules: str) -> None:
-    """A clear error when the optional parquet libraries are missing."""
+    """A clear error when the parquet libraries (core dependencies of defi) are missing from the environment."""
     from importlib.util import find_spec
 
     missing = [m for m in modules if find_spec(m) is None]
     if missing:
-        raise DefiError(f"LeRobot datasets need {', '.join(missing)}: pip install 'defi[lerobot]'")
+        raise DefiError(f"LeRobot datasets need {', '.join(missing)} (dependencies of defi): reinstall defi "
+                        "(pip install -e .) or pip install 'pyarrow>=15,<26' 'pandas>=2,<3'")
 
 
 def is_lerobot_dataset(path: Path) -> bool:
@@ -621,7 +622,7 @@ def open_lerobot_in_place(path: Path, cache_mb: float = 512) -> Any:
 class LeRobotImportConfig(Config):
     """`defi data lerobot PATH --out STORE`: import a local LeRobot dataset (v3.0 or v2.x) into an episode store."""
 
-    path: Annotated[Path, tyro.conf.Positional] = Path(".")
+    path: Annotated[Path, tyro.conf.Positional]
     """The LeRobot dataset directory (the one holding meta/info.json)."""
     out: Path = Path("data/lerobot")
     """Output store directory (re-running with the same directory resumes)."""
@@ -772,7 +773,7 @@ def run_lerobot_import(cfg: LeRobotImportConfig) -> dict[str, Any]:
 class LeRobotExportConfig(Config):
     """`defi data export-lerobot STORE --out DIR`: write an episode store as a LeRobot v3.0 dataset."""
 
-    store: Annotated[Path, tyro.conf.Positional] = Path("data/metaworld")
+    store: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="STORE")]
     """The episode store to export."""
     out: Path = Path("data/lerobot-export")
     """Output dataset directory (must not exist; it appears only once complete)."""
@@ -1086,20 +1087,3 @@ def run_lerobot_export(cfg: LeRobotExportConfig) -> dict[str, Any]:
     print(report.summary())
     return report.to_dict()
 
-
-IMPORT_PRESETS = {"default": LeRobotImportConfig}
-EXPORT_PRESETS = {"default": LeRobotExportConfig}
-
-
-def lerobot_main(argv: list[str]) -> int:
-    cfg = parse_cli(LeRobotImportConfig, argv, IMPORT_PRESETS, prog="defi data lerobot",
-                    description=LeRobotImportConfig.__doc__, default_preset="default")
-    run_lerobot_import(cfg)
-    return 0
-
-
-def export_lerobot_main(argv: list[str]) -> int:
-    cfg = parse_cli(LeRobotExportConfig, argv, EXPORT_PRESETS, prog="defi data export-lerobot",
-                    description=LeRobotExportConfig.__doc__, default_preset="default")
-    run_lerobot_export(cfg)
-    return 0
