@@ -8,11 +8,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install lint test demo demo-quick clean
 
+# lerobot-dataset (LeRobot's own dataset code) and datasets: tests/data/test_data_lerobot.py checks the LeRobot
+# import/export against them and skips without them. Their pins (av<16, huggingface_hub<0.36, fsspec<=2025.9)
+# conflict with defi's, so they are installed without deps; what they import is in the test extra (pyproject.toml).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps "lerobot-dataset==0.4.4" "datasets==4.1.1"
 	touch $(STAMP)
 
 install: $(STAMP)

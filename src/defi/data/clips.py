@@ -148,7 +148,11 @@ class ClipDataset(Dataset):
         # A single-camera source (a human video) fills a single-view request whatever its camera is named.
         if len(wanted) == 1 and len(available) == 1:
             return available
-        raise DefiError(f"{self.root}: has no camera {missing[0]!r} (cameras: {', '.join(available)})")
+        hint = ""
+        if str(self.store.info.source).startswith("lerobot"):
+            hint = "; name a LeRobot dataset's cameras at import: defi data lerobot PATH --camera-map KEY=CAMERA ..."
+        raise DefiError(f"{self.root}: has no camera {missing[0]!r} (the store's cameras: {', '.join(available)}; "
+                        f"the policy's: {', '.join(wanted)}){hint}")
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -44,3 +44,8 @@ def open_source(path: str | Path, cache_mb: float = 512) -> Any:
             module, func = opener.split(":")
             return getattr(import_module(module), func)(path, cache_mb=cache_mb)
     return EpisodeStore.open(path, cache_mb=cache_mb)
+
+
+# LeRobot directories are imported into a store first; the opener says how (defi.data.sources.lerobot).
+register_reader("lerobot", lambda p: import_module("defi.data.sources.lerobot").is_lerobot_dataset(p),
+                "defi.data.sources.lerobot:open_lerobot_in_place")
