@@ -44,3 +44,7 @@ def open_source(path: str | Path, cache_mb: float = 512) -> Any:
             module, func = opener.split(":")
             return getattr(import_module(module), func)(path, cache_mb=cache_mb)
     return EpisodeStore.open(path, cache_mb=cache_mb)
+
+from defi.data.sources.calvin import detect_calvin  # noqa: E402  (numpy only: cheap to import here)
+
+register_reader("calvin", detect_calvin, "defi.data.sources.calvin:open_calvin")
