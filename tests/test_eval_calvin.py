@@ -243,7 +243,8 @@ def test_shards_merge_to_the_whole_run(tmp_path):
     a, *_ = run(tmp_path, "a", shard=(0, 2))
     b, *_ = run(tmp_path, "b", shard=(1, 2))
     assert [c["chain"] for c in a["chains"]] == [0, 2] and [c["chain"] for c in b["chains"]] == [1]
-    merged = C.merge_results([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    merged = C.run_calvin_merge(C.CalvinMergeConfig(shards=(tmp_path / "a", tmp_path / "b"),
+                                                    out_dir=tmp_path / "merged"))
     assert merged["avg_len"] == whole["avg_len"] and merged["chain_sr"] == whole["chain_sr"]
     assert json.loads((tmp_path / "merged" / "results.json").read_text())["num_chains"] == 3
 
@@ -300,7 +301,29 @@ def test_configs_validate():
     assert (paper.num_chains, paper.steps_per_subtask, paper.actions) == (1000, 360, "rel")
     with pytest.raises(ConfigError, match="shard"):
         from_dict(C.CalvinEvalConfig, {"shard": [2, 2]})
-    # the oracle table names only methods of calvin_env's Tasks class (calvin_env/envs/tasks.py)
-    methods = {"rotate_object", "push_object", "lift_object", "place_object", "push_object_into", "move_door_rel",
-               "toggle_light", "stack_objects", "unstack_objects"}
-    assert {args[0] for args in C.ORACLE_TASKS.values()} == methods
+
+
+def test_oracle_table_binds_to_calvin_env_task_signatures():
+    """calvin_env's Tasks binds each entry as partial(method, *args) and calls it with start_info and end_info;
+    the stand-ins below have the signatures of calvin_env/envs/tasks.py's methods."""
+    import inspect
+
+    def rotate_object(obj_name, z_degrees, x_y_threshold=30, z_threshold=180, movement_threshold=0.1,
+                      start_info=None, end_info=None): ...
+    def push_object(obj_name, x_direction, y_direction, start_info, end_info): ...
+    def lift_object(obj_name, z_direction, surface_body=None, surface_link=None, start_info=None, end_info=None): ...
+    def place_object(dest_body, dest_link=None, start_info=None, end_info=None): ...
+    def push_object_into(obj_name, src_body, src_link, dest_body, dest_link, start_info=None, end_info=None): ...
+    def move_door_rel(joint_name, threshold, start_info, end_info): ...
+    def toggle_light(light_name, start_state, end_state, start_info, end_info): ...
+    def stack_objects(max_vel=1, start_info=None, end_info=None): ...
+    def unstack_objects(max_vel=1, start_info=None, end_info=None): ...
+
+    methods = {f.__name__: f for f in (rotate_object, push_object, lift_object, place_object, push_object_into,
+                                       move_door_rel, toggle_light, stack_objects, unstack_objects)}
+    for name, (method, *args) in C.ORACLE_TASKS.items():
+        inspect.signature(methods[method]).bind(*args, start_info={}, end_info={})
+    assert C.ORACLE_TASKS["lift_pink_block_slider"] == ["lift_object", "block_pink", 0.03, "table", "plank_link"]
+    assert C.ORACLE_TASKS["close_drawer"] == ["move_door_rel", "base__drawer", -0.12]
+    with pytest.raises(DefiError, match="calvin_env is not installed"):
+        C.make_task_oracle()

@@ -498,6 +498,8 @@ class CalvinEvalConfig(Config):
     video_fps: int = 30
     resume: bool = True
     """Skip chains already recorded in out_dir/chains.jsonl (an interrupted run continues where it stopped)."""
+    oracle_file: Path | None = None
+    """A calvin task-oracle YAML (`tasks: {name: [method, *args]}`); default: the built-in ORACLE_TASKS."""
 
     def validate(self) -> None:
         self.check(self.num_chains >= 1, "num_chains", ">= 1")
@@ -726,8 +728,8 @@ def format_results(metrics: dict[str, Any]) -> str:
 # -- calvin_env ----------------------------------------------------------------------------------------------------
 CALVIN_INSTALL_HINT = (
     "calvin_env is not installed (it is not on PyPI): git clone --recurse-submodules "
-    "https://github.com/mees/calvin.git && pip install -e calvin/calvin_env/tacto -e calvin/calvin_env "
-    "(see the README's CALVIN section)"
+    "https://github.com/mees/calvin.git, then pip install -e calvin/calvin_env/tacto -e calvin/calvin_env "
+    "-r calvin/calvin_env/requirements.txt (see the README's CALVIN section)"
 )
 
 
@@ -749,13 +751,26 @@ def make_calvin_env(dataset: str | Path, show_gui: bool = False) -> Any:
     return get_env(val, obs_space=obs_space, show_gui=show_gui)
 
 
-def make_task_oracle() -> Any:
-    """calvin_env's task oracle with the evaluation's subtask definitions."""
+def make_task_oracle(oracle_file: str | Path | None = None) -> Any:
+    """calvin_env's task oracle with the evaluation's subtask definitions (or those of a calvin task YAML)."""
     try:
         from calvin_env.envs.tasks import Tasks
     except ImportError as err:
         raise DefiError(f"{CALVIN_INSTALL_HINT} ({err})") from None
-    return Tasks(ORACLE_TASKS)
+    tasks: Any = ORACLE_TASKS
+    if oracle_file is not None:
+        from omegaconf import OmegaConf  # a calvin_env dependency
+
+        if not Path(oracle_file).is_file():
+            raise DefiError(f"{oracle_file}: task oracle file not found")
+        conf = OmegaConf.load(oracle_file)
+        tasks = conf.get("tasks", conf)
+    oracle = Tasks(tasks)
+    # an undefined subtask would simply never succeed: say so instead
+    missing = sorted(set(TASK_NAMES) - set(oracle.tasks))
+    if missing:
+        raise DefiError(f"{oracle_file}: the task oracle does not define {', '.join(missing)}")
+    return oracle
 
 
 @dataclass
@@ -775,7 +790,7 @@ def run_calvin_eval(cfg: CalvinEvalRunConfig) -> dict[str, Any]:
 
     validate_config(cfg)
     env = make_calvin_env(cfg.dataset)
-    oracle = make_task_oracle()
+    oracle = make_task_oracle(cfg.eval.oracle_file)
     from defi.policies import load_policy  # moves with the policies package; imported where used
 
     policy = load_policy(cfg.policy, device=cfg.device)
@@ -783,6 +798,24 @@ def run_calvin_eval(cfg: CalvinEvalRunConfig) -> dict[str, Any]:
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out_dir) / "config.json")
     metrics = evaluate_calvin(model, env, oracle, cfg.eval, cfg.out_dir, label=str(cfg.policy))
+    print(format_results(metrics))
+    print(f"wrote {Path(cfg.out_dir) / 'results.json'}")
+    return metrics
+
+
+@dataclass
+class CalvinMergeConfig(Config):
+    shards: tuple[Path, ...] = ()
+    """Output directories of `eval-calvin` runs (shards of one evaluation) to combine."""
+    out_dir: Path = Path("runs/eval-calvin")
+
+    def validate(self) -> None:
+        self.check(len(self.shards) >= 1, "shards", "at least one evaluation directory")
+
+
+def run_calvin_merge(cfg: CalvinMergeConfig) -> dict[str, Any]:
+    """Combine sharded evaluations into one results.json and print the table."""
+    metrics = merge_results(cfg.shards, cfg.out_dir)
     print(format_results(metrics))
     print(f"wrote {Path(cfg.out_dir) / 'results.json'}")
     return metrics
