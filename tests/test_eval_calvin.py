@@ -327,3 +327,54 @@ def test_oracle_table_binds_to_calvin_env_task_signatures():
     assert C.ORACLE_TASKS["close_drawer"] == ["move_door_rel", "base__drawer", -0.12]
     with pytest.raises(DefiError, match="calvin_env is not installed"):
         C.make_task_oracle()
+
+
+@pytest.mark.slow
+def test_run_calvin_eval_end_to_end_with_a_saved_defi_policy(tmp_path, monkeypatch):
+    """The command's wiring (simulator factory, oracle, load_policy, adapter, outputs) with a tiny random DeFI
+    policy at CALVIN's settings (static + gripper views, 7-d actions, 15-d state) and calvin_env replaced by
+    stand-in modules."""
+    import sys
+    import types
+
+    import torch
+
+    from defi.config import replace
+    from defi.models.policy import DeFIPolicy, policy_tiny
+
+    cfg = policy_tiny()
+    cfg = replace(cfg, cameras=("static", "gripper"), action_dim=7, state_dim=15,
+                  adapter=replace(cfg.adapter, action_dim=7))
+    torch.manual_seed(0)
+    policy = DeFIPolicy(cfg)
+    policy.set_normalization({"mean": [0.0] * 7, "std": [1.0] * 7, "min": [-1.0] * 7, "max": [1.0] * 7},
+                             {"mean": [0.0] * 15, "std": [1.0] * 15, "min": [-1.0] * 15, "max": [1.0] * 15})
+    policy.save_pretrained(tmp_path / "policy")
+
+    class Tasks:  # calvin_env's constructor semantics; every subtask is done after 3 steps
+        def __init__(self, tasks):
+            self.tasks = dict(tasks)
+
+        def get_task_info_for_set(self, start_info, end_info, task_filter):
+            return {t for t in self.tasks if t in task_filter and end_info["t"] - start_info["t"] >= 3}
+
+    made = []
+    env_mod = types.ModuleType("calvin_env.envs.play_table_env")
+    env_mod.get_env = lambda path, obs_space=None, show_gui=False: made.append((path, obs_space)) or FakeEnv()
+    tasks_mod = types.ModuleType("calvin_env.envs.tasks")
+    tasks_mod.Tasks = Tasks
+    for name, mod in {"calvin_env": types.ModuleType("calvin_env"), "calvin_env.envs": types.ModuleType("envs"),
+                      "calvin_env.envs.play_table_env": env_mod, "calvin_env.envs.tasks": tasks_mod}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    conf = tmp_path / "task_ABC_D" / "validation" / ".hydra" / "merged_config.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("env: {}\n")
+    run_cfg = C.CalvinEvalRunConfig(policy=tmp_path / "policy", dataset=tmp_path / "task_ABC_D",
+                                    out_dir=tmp_path / "out", device="cpu",
+                                    eval=C.CalvinEvalConfig(num_chains=2, steps_per_subtask=8, video_chains=0))
+    metrics = C.run_calvin_eval(run_cfg)
+    assert made == [(tmp_path / "task_ABC_D" / "validation",
+                     {"rgb_obs": ["rgb_static", "rgb_gripper"], "depth_obs": []})]
+    assert metrics["avg_len"] == 5.0 and metrics["policy_calls"] == 10  # one 4-action chunk per 3-step subtask
+    assert [c["tasks"] for c in metrics["chains"]] == [list(C.BenchmarkChains()[k][1]) for k in range(2)]
+    assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "out" / "config.json").is_file()
