@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import torch
 
-from defi.models.adapter import ADAPTER_PRESETS, DiTActionAdapter
-from defi.models.baselines import IMAGE_POLICY_PRESETS, ImageDiffusionPolicyModel
+from defi.models.adapter import ActionAdapterConfig, DiTActionAdapter, sample_actions
+from defi.policies.image_dp import ImageDPConfig, ImageDPPolicy
 
 POLICY_BUDGET_MS = 50.0  # issue 6: a whole policy step at 20 Hz
 PAPER_ADAPTER_MS_4090 = 24.3  # paper Table 13 (RTX 4090); other hardware, printed for orientation only
@@ -72,7 +72,7 @@ def count(module: torch.nn.Module) -> int:
 
 
 def build_adapter(preset: str, cond_dim: int, num_cond: int, global_dim: int, device: torch.device | str, **changes):
-    cfg = dataclasses.replace(ADAPTER_PRESETS[preset](), **changes)
+    cfg = dataclasses.replace(ActionAdapterConfig.preset(preset), **changes)
     cfg = cfg.with_interface(cond_dim=cond_dim, num_cond_tokens=num_cond, global_cond_dim=global_dim)
     with torch.device(device):
         return DiTActionAdapter(cfg)
@@ -109,7 +109,7 @@ def main() -> None:
         adapter = build_adapter(preset, cond_dim, n, global_dim, "meta")
         prefix = build_adapter(preset, cond_dim, n, global_dim, "meta", cond_attention="prefix")
         with torch.device("meta"):
-            baseline = ImageDiffusionPolicyModel(IMAGE_POLICY_PRESETS[preset]())
+            baseline = ImageDPPolicy(ImageDPConfig.preset(preset))
         print(f"  adapter {preset:5s}: {count(adapter) / 1e6:6.2f} M (prefix conditioning: {count(prefix) / 1e6:.2f} M)"
               f"   baseline image policy {preset}: {count(baseline) / 1e6:.2f} M "
               f"(encoder {count(baseline.encoder) / 1e6:.2f} M)")
@@ -122,7 +122,7 @@ def main() -> None:
             adapter = build_adapter(preset, cond_dim, n, global_dim, device, cond_attention=mode).eval()
             cond = torch.randn(1, n, cond_dim, device=device)
             glob = torch.randn(1, global_dim, device=device)
-            ms, ref_ms, ratio = ref.measure(lambda: adapter.sample(cond, glob), args.repeats)
+            ms, ref_ms, ratio = ref.measure(lambda: sample_actions(adapter, cond, glob), args.repeats)
             ratios[preset, mode] = ratio
             print(f"  adapter {preset:5s} {mode:6s}: {ms:8.2f} ms  ({ratio:5.2f} x ref of {ref_ms:.1f} ms; "
                   f"{ms / POLICY_BUDGET_MS:6.1%} of budget)")
@@ -138,19 +138,19 @@ def main() -> None:
                                          (128, 4, 2, 10)):
             adapter = build_adapter("small", cond_dim, n, global_dim, device, dim=dim, depth=depth, heads=heads)
             adapter.eval()
-            ms, ref_ms, ratio = ref.measure(lambda: adapter.sample(cond, glob, num_steps=steps), args.repeats)
+            ms, ref_ms, ratio = ref.measure(lambda: sample_actions(adapter, cond, glob, num_steps=steps), args.repeats)
             print(f"  sweep dim {dim} depth {depth} ({count(adapter) / 1e6:.2f} M), {steps:2d} steps: {ms:8.2f} ms  "
                   f"({ratio:5.2f} x ref of {ref_ms:.1f} ms; {ms / POLICY_BUDGET_MS:6.1%} of budget)")
 
-    base_cfg = IMAGE_POLICY_PRESETS["small"]()
+    base_cfg = dataclasses.replace(ImageDPConfig.preset("small"), state_dim=0)
     with torch.device(device):
-        baseline = ImageDiffusionPolicyModel(base_cfg)
-    baseline.set_normalization({"min": [-1.0] * 4, "max": [1.0] * 4})
+        baseline = ImageDPPolicy(base_cfg)
+    baseline.normalizer.set_stats({"action": {"min": [-1.0] * 4, "max": [1.0] * 4}})
     baseline.eval()
-    size, views = base_cfg.image_size, base_cfg.num_views
+    size, views = base_cfg.image_size, len(base_cfg.cameras)
     images = torch.randint(0, 256, (1, views, 3, size, size), dtype=torch.uint8, device=device)
-    instruction = torch.randn(1, base_cfg.instruction_dim, device=device)
-    ms, ref_ms, ratio = ref.measure(lambda: baseline.sample(images, instruction), args.repeats)
+    one = {"images": images, "instruction": ["push the puck to the goal"]}
+    ms, ref_ms, ratio = ref.measure(lambda: baseline.predict_action_chunk(one), args.repeats)
     print(f"  baseline image policy small (encoder + adapter): {ms:8.2f} ms  ({ratio:5.2f} x ref of {ref_ms:.1f} ms;"
           f" {ms / POLICY_BUDGET_MS:6.1%} of budget)")
 
@@ -180,7 +180,7 @@ def main() -> None:
         "images": torch.randint(0, 256, (batch, views, 3, size, size), dtype=torch.uint8, device=device),
         "actions": actions,
         "action_mask": mask,
-        "instruction_embedding": torch.randn(batch, base_cfg.instruction_dim, device=device),
+        "instruction": ["push the puck to the goal"] * batch,
     }
 
     def baseline_step() -> None:

@@ -46,9 +46,9 @@ def _set_lp(lp_threads: str) -> None:
 
 def generate(tasks: str, episodes: int, workers: int, cameras: tuple[str, ...], size: int, mesh_detail: float,
              out: str):
-    from defi.data.sources.metaworld import MetaWorldGenConfig, generate_metaworld
-
     import resource
+
+    from defi.data.sources.metaworld import MetaWorldGenConfig, generate_metaworld
 
     shutil.rmtree(out, ignore_errors=True)
     cpu_before = _cpu_seconds(resource)

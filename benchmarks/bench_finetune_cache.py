@@ -30,29 +30,28 @@ def main() -> None:
     args = parser.parse_args()
 
     from defi.config import replace
-    from defi.data import build_clip_dataset
-    from defi.data.config import data_small
+    from defi.data import DataConfig, build_clip_dataset
     from defi.data.sources.metaworld import MetaWorldGenConfig, generate_metaworld
-    from defi.train.feature_cache import CachedClipDataset, build_feature_cache, cache_nbytes
-    from defi.train.finetune import build_policy, preset_small
+    from defi.train.feature_cache import CachedDataset, build_feature_cache
+    from defi.train.finetune import FinetuneConfig, build_policy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ftcache-"))
     store = tmp / "store"
     generate_metaworld(MetaWorldGenConfig(out=store, tasks="reach", episodes_per_task=args.episodes,
                                           cameras=("corner",), image_size=64, seed=0,
                                           max_steps=args.max_episode_steps, workers=1, progress=False))
-    cfg = preset_small()
-    cfg = replace(cfg, data=replace(data_small(), sources=[(str(store), 1.0)], val_fraction=0.0),
-                  policy=replace(cfg.policy, trainable=args.trainable))
+    cfg = FinetuneConfig.preset("small")
+    cfg = replace(cfg, data=replace(DataConfig.preset("small"), sources=[(str(store), 1.0)], val_fraction=0.0),
+                  defi=replace(cfg.defi, trainable=args.trainable))
     torch.manual_seed(0)
     policy, data_cfg = build_policy(cfg)
     train = build_clip_dataset(data_cfg, "train")
-    policy.set_normalization(train.action_stats, train.state_stats)
+    policy.normalizer.set_stats({"action": train.action_stats, "observation.state": train.state_stats})
 
     start = time.perf_counter()
-    cache = build_feature_cache(policy, train, batch_size=64, progress=True)
+    cache = build_feature_cache(policy.frozen_features, train, batch_size=64, progress=True)
     build_s = time.perf_counter() - start
-    cached = CachedClipDataset(train, cache)
+    cached = CachedDataset(cache, train)
 
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(len(train), (args.batch_size,), generator=gen).tolist() for _ in range(args.steps + 2)]
@@ -81,8 +80,8 @@ def main() -> None:
     saved = elapsed["uncached"] / args.steps - elapsed["cached"] / args.steps
     print(f"DeFI finetuning, preset 'small', trainable={args.trainable}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, {len(train)} training clips, {args.steps} timed steps per mode")
-    print(f"cache: {', '.join(cache)}; {cache_nbytes(cache) / 2**20:.1f} MiB "
-          f"({cache_nbytes(cache) / len(train) / 2**10:.1f} KiB/clip); built in {build_s:.1f} s "
+    print(f"cache: {', '.join(cache.features)}; {cache.nbytes() / 2**20:.1f} MiB "
+          f"({cache.nbytes() / len(train) / 2**10:.1f} KiB/clip); built in {build_s:.1f} s "
           f"({len(train) / build_s:.1f} clips/s)")
     print(f"uncached {rate['uncached']:.2f} steps/s, cached {rate['cached']:.2f} steps/s, "
           f"ratio cached/uncached = {rate['cached'] / rate['uncached']:.2f}")

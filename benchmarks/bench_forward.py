@@ -22,8 +22,7 @@ import time
 
 import torch
 
-from defi.models.forward import ForwardDynamicsModel
-from defi.models.forward.config import PRESETS
+from defi.models.forward import ForwardDynamicsConfig, ForwardDynamicsModel, one_step, sample_future
 
 
 def random_batch(cfg, batch: int, views: int) -> dict:
@@ -42,7 +41,7 @@ def count(module: torch.nn.Module) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="small", choices=ForwardDynamicsConfig.preset_names())
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--views", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=6)
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    cfg = PRESETS[args.preset]()
+    cfg = ForwardDynamicsConfig.preset(args.preset)
     if cfg.backend == "svd":
         cfg.pretrained = ""  # speed does not depend on the weights' values
     model = ForwardDynamicsModel(cfg)
@@ -81,15 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     # 2. one-step features vs a multi-step sample, interleaved so that load changes hit both alike
     model.eval()
     one = random_batch(cfg, 1, 1)
-    model.extract_features(one["images"], one["instruction_tokens"])
-    model.sample(one["images"], one["instruction_tokens"], num_steps=2)
+    one_step(model, one["images"], one["instruction_tokens"])
+    sample_future(model, one["images"], one["instruction_tokens"], num_steps=2)
     feat_t, sample_t = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        model.extract_features(one["images"], one["instruction_tokens"])
+        one_step(model, one["images"], one["instruction_tokens"])
         feat_t.append(time.perf_counter() - start)
         start = time.perf_counter()
-        model.sample(one["images"], one["instruction_tokens"], num_steps=args.sample_steps)
+        sample_future(model, one["images"], one["instruction_tokens"], num_steps=args.sample_steps)
         sample_t.append(time.perf_counter() - start)
     feat_ms, sample_ms = statistics.median(feat_t) * 1e3, statistics.median(sample_t) * 1e3
     print(f"inference (1 clip, 1 view): one-step features {feat_ms:.1f} ms, {args.sample_steps}-step sample "
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. paper-size parameter count without allocating weights
     with torch.device("meta"):
-        paper = ForwardDynamicsModel(PRESETS["paper"]())
+        paper = ForwardDynamicsModel(ForwardDynamicsConfig.preset("paper"))
     print(f"paper config: {count(paper) / 1e9:.3f}B parameters (unet {count(paper.unet) / 1e9:.3f}B, "
           f"vae {count(paper.latents) / 1e6:.1f}M, text projection {count(paper.text_proj) / 1e6:.2f}M)")
     return 0

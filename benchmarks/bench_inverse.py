@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from defi.models.inverse import GIDM, gidm_paper, gidm_small, gidm_tiny, table7_variant
+from defi.models.inverse import GIDM, GIDMConfig, table7_variant
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:
@@ -86,7 +86,8 @@ def main() -> None:
     print(f"patch frame encoder, 64x64 -> {enc.num_patches} x {enc.dim}: {256 / t:,.0f} frames/s (= {t / mm:.2f} matmuls per 256)")
 
     print("\nparameters (GIDM incl. the pretraining decoder | encoder part kept for the policy)")
-    for name, fn in (("tiny", gidm_tiny), ("small", gidm_small), ("paper", gidm_paper)):
+    for name in ("tiny", "small", "paper"):
+        fn = lambda name=name: GIDMConfig.preset(name)  # noqa: E731
         if name == "paper" and args.skip_paper:
             continue
         model = GIDM(fn())
@@ -95,7 +96,7 @@ def main() -> None:
         print(f"  {name:6s} {total / 1e6:8.2f} M | {(total - dec) / 1e6:8.2f} M")
         del model
 
-    small = gidm_small()
+    small = GIDMConfig.preset("small")
     print(f"\ntraining at small (batch {args.batch}, P={small.num_patches}, D={small.feature_dim}, dim {small.dim}, "
           f"depth {small.depth}, text 16 tokens):")
     base = None
@@ -106,7 +107,7 @@ def main() -> None:
               f"= {t / mm:7.1f} matmuls/step, {base / t:5.2f}x the GIDM's speed")
 
     print("\ninfer_latent_actions latency, batch 1:")
-    for name, cfg in (("small", small), ("paper", gidm_paper())):
+    for name, cfg in (("small", small), ("paper", GIDMConfig.preset("paper"))):
         if name == "paper" and args.skip_paper:
             continue
         t = latency(cfg, 10 if name == "small" else 3)

@@ -16,24 +16,24 @@ import argparse
 import torch
 
 from defi.eval.latency import latency_table, policy_latency
-from defi.models.policy import POLICY_PRESETS, DeFIPolicy
+from defi.policies.defi import DeFIConfig, DeFIPolicy
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="small", choices=sorted(POLICY_PRESETS))
+    parser.add_argument("--preset", default="small", choices=DeFIConfig.preset_names())
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = POLICY_PRESETS[args.preset]()
+    cfg = DeFIConfig.preset(args.preset)
     policy = DeFIPolicy(cfg).eval()
     stats = {"mean": [0.0] * cfg.action_dim, "std": [1.0] * cfg.action_dim,
              "min": [-1.0] * cfg.action_dim, "max": [1.0] * cfg.action_dim}
     sstats = {k: [v[0]] * cfg.state_dim for k, v in stats.items()}
-    policy.set_normalization(stats, sstats if cfg.state_dim else None)
+    policy.normalizer.set_stats({"action": stats, "observation.state": sstats})
     result = policy_latency(policy, args.repeats)
     whole, parts = result["whole_ms"], result["sum_of_parts_ms"]
     print(f"DeFI policy latency, preset {args.preset!r}, batch 1, {result['threads']} threads, "

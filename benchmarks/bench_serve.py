@@ -1,4 +1,5 @@
-"""Policy server overhead: round-trip latency and throughput over loopback vs in-process `act` (a ratio).
+"""Policy server overhead: round-trip latency and throughput over loopback vs in-process `act` (a ratio), and the
+server's memory per connection.
 
 For each policy the in-process baseline is measured in the same run, then the same requests go through a
 `defi serve` server running in its own process (as it would on the GPU machine) from 1 and from 8 concurrent
@@ -7,8 +8,14 @@ For each policy the in-process baseline is measured in the same run, then the sa
   scripted  the Meta-World scripted expert (microseconds per act): the ratio is the pure protocol cost
   conv      a small CNN over the camera images (milliseconds per act, like a compact real policy)
 
+`--rss POLICY_DIR` instead serves a saved policy (e.g. the demo's `runs/demo/compare/defi/model`; `--rss small`
+builds a DeFI policy at the `small` preset with random weights) and prints the server process's resident memory
+idle and with 1, 16 and 64 open connections (each has made one request, so its per-connection copy of the policy
+exists and has acted).
+
     python benchmarks/bench_serve.py                       # 2 cameras 224x224 + 39-dim state per request
     python benchmarks/bench_serve.py --image-size 64 --requests 300
+    python benchmarks/bench_serve.py --rss small
 """
 
 from __future__ import annotations
@@ -31,10 +38,9 @@ STATE_DIM = 39
 
 def build_policy(kind: str, image_size: int):
     if kind == "scripted":
-        from defi.policies import ScriptedMetaWorldConfig, ScriptedMetaWorldPolicy
+        from defi.policies.scripted import ScriptedConfig, ScriptedPolicy
 
-        return ScriptedMetaWorldPolicy(ScriptedMetaWorldConfig(task="reach-v3", cameras=CAMERAS,
-                                                               image_size=image_size))
+        return ScriptedPolicy(ScriptedConfig(task="reach-v3", cameras=CAMERAS, image_size=image_size))
     import torch
 
     torch.manual_seed(0)
@@ -63,6 +69,9 @@ def build_policy(kind: str, image_size: int):
 
         def reset(self):
             pass
+
+        def fork(self):
+            return self  # no episode state
 
         @torch.inference_mode()
         def act(self, observation, instruction):
@@ -149,14 +158,97 @@ def bench_clients(port: int, requests: list[dict], clients: int, warmup: int) ->
                     [x for per_client in timings for x in per_client])
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc (Linux only)")
+
+
+def _serve_saved(policy_dir: str, port_queue, stop) -> None:
+    import logging
+
+    import torch
+
+    logging.disable(logging.INFO)
+    torch.set_num_threads(1)
+    from defi.serve import ServeConfig
+    from defi.serve.cli import build_server
+
+    with build_server(policy_dir, ServeConfig(port=0, device="cpu")).start_in_thread() as thread:
+        port_queue.put(thread.port)
+        stop.wait()
+
+
+def bench_rss(policy: str, counts: tuple[int, ...] = (1, 16, 64)) -> int:
+    """Server RSS idle and with `counts` open connections that have each made one request."""
+    import os
+    import platform
+    import tempfile
+
+    from defi.policies import load_policy
+
+    if not Path(policy).exists():  # a preset name: a DeFI policy with random weights
+        import torch
+
+        from defi.policies.defi import DeFIConfig, DeFIPolicy
+
+        torch.manual_seed(0)
+        model = DeFIPolicy(DeFIConfig.preset(policy))
+        unit = {"mean": [0.0] * 4, "std": [1.0] * 4, "min": [-1.0] * 4, "max": [1.0] * 4}
+        model.normalizer.set_stats({"action": unit, "observation.state": unit})
+        policy = str(model.save_pretrained(Path(tempfile.mkdtemp(prefix="bench-serve-")) / "policy"))
+    meta = load_policy(policy, device="cpu").metadata
+    h, w = meta.image_size
+    rng = np.random.default_rng(0)
+    request = {**{f"observation.images.{c}": rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in meta.cameras},
+               "observation.state": np.zeros(meta.state_dim, np.float32), "prompt": "push the puck to the goal"}
+    ctx = mp.get_context("spawn")
+    port_queue, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve_saved, args=(policy, port_queue, stop), daemon=True)
+    server.start()
+    from defi.serve import PolicyClient
+
+    connections: list = []
+    try:
+        port = port_queue.get(timeout=300)
+        warm = PolicyClient("127.0.0.1", port)
+        warm.infer(request)  # the first request loads lazily built pieces (text encoder caches)
+        warm.close()
+        time.sleep(0.5)
+        idle = _rss_mib(server.pid)
+        print(f"policy {meta.policy_type} from {policy}; server process RSS (one torch thread, CPU; "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
+        print(f"  idle (after one request): {idle:8.1f} MiB")
+        for count in counts:
+            while len(connections) < count:
+                client = PolicyClient("127.0.0.1", port)
+                client.infer(request)
+                connections.append(client)
+            time.sleep(0.5)
+            rss = _rss_mib(server.pid)
+            print(f"  {count:3d} connections:        {rss:8.1f} MiB  (+{rss - idle:6.1f} MiB over idle, "
+                  f"{(rss - idle) / count:5.2f} MiB per connection)")
+    finally:
+        for client in connections:
+            client.close()
+        stop.set()
+        server.join(30)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rss", default="", help="a saved policy directory or a DeFI preset name: print the "
+                        "server's memory at 1, 16 and 64 connections instead of the latency table")
     parser.add_argument("--policies", default="scripted,conv")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--requests", type=int, default=200, help="timed requests per configuration")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every row (median kept)")
     args = parser.parse_args(argv)
+    if args.rss:
+        return bench_rss(args.rss)
 
     requests = make_requests(args.requests, args.image_size)
     payload_kb = sum(v.nbytes for v in requests[0].values()) / 1024

@@ -6,8 +6,8 @@ and repeats. Nothing in it knows which policy runs on the other side.
 
     # a server for any saved policy; here the scripted expert, saved first
     python - <<'EOF'
-    from defi.policies import ScriptedMetaWorldConfig, ScriptedMetaWorldPolicy
-    ScriptedMetaWorldPolicy(ScriptedMetaWorldConfig(task="drawer-open-v3")).save_pretrained("runs/expert")
+    from defi.policies.scripted import ScriptedConfig, ScriptedPolicy
+    ScriptedPolicy(ScriptedConfig(task="drawer-open-v3")).save_pretrained("runs/expert")
     EOF
     defi serve runs/expert --port 8000
     # the robot
@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         host, port = args.host, args.port
         if args.self_serve:
-            from defi.policies import ScriptedMetaWorldConfig, ScriptedMetaWorldPolicy, load_policy
+            from defi.policies import load_policy
+            from defi.policies.scripted import ScriptedConfig, ScriptedPolicy
             from defi.serve import PolicyServer, ServeConfig
 
             directory = stack.enter_context(tempfile.TemporaryDirectory())
             cameras = tuple(c for c in args.cameras.split(",") if c)
-            ScriptedMetaWorldPolicy(ScriptedMetaWorldConfig(task=args.task, cameras=cameras)).save_pretrained(directory)
+            ScriptedPolicy(ScriptedConfig(task=args.task, cameras=cameras)).save_pretrained(directory)
             server = PolicyServer(load_policy(directory, device="cpu"), ServeConfig(port=0, api_key=args.api_key))
             thread = stack.enter_context(server.start_in_thread())
             host, port = "127.0.0.1", thread.port

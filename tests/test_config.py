@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from defi.config import Config, from_dict, load_config, parse_cli, save_config, to_dict
+from defi.config import Config, from_dict, load_config, parse_cli, preset, save_config, to_dict
 from defi.errors import ConfigError
 from defi.train.trainer import TrainerConfig
 
@@ -29,7 +29,15 @@ class StageCfg(Config):
     note: str | None = None
 
 
-PRESETS = {"tiny": lambda: StageCfg(model=ModelCfg(dim=4)), "small": StageCfg}
+preset(StageCfg, "tiny")(lambda: StageCfg(model=ModelCfg(dim=4)))
+preset(StageCfg, "small")(StageCfg)
+
+
+def test_presets_are_per_class():
+    assert StageCfg.preset_names() == ("tiny", "small") and ModelCfg.preset_names() == ()
+    assert StageCfg.preset("tiny").model.dim == 4
+    with pytest.raises(ConfigError, match="unknown preset 'huge' for StageCfg"):
+        StageCfg.preset("huge")
 
 
 def test_round_trip_through_json(tmp_path):
@@ -66,11 +74,12 @@ def test_bad_files(tmp_path):
 def test_cli_preset_file_and_overrides(tmp_path):
     partial = tmp_path / "p.json"
     partial.write_text(json.dumps({"model": {"kind": "b"}, "trainer": {"max_steps": 7}}))
-    cfg = parse_cli(StageCfg, ["--preset", "tiny", "--config", str(partial), "--trainer.lr", "0.5"], PRESETS, "t")
+    cfg = parse_cli(StageCfg, ["--preset", "tiny", "--config", str(partial), "--trainer.lr", "0.5"], "t")
     assert (cfg.model.dim, cfg.model.kind, cfg.trainer.max_steps, cfg.trainer.lr) == (4, "b", 7, 0.5)
     with pytest.raises(ConfigError, match="unknown preset 'huge'.*tiny, small"):
-        parse_cli(StageCfg, ["--preset", "huge"], PRESETS, "t")
+        parse_cli(StageCfg, ["--preset", "huge"], "t")
     with pytest.raises(ConfigError, match="model.dim=3: expected an even number"):
-        parse_cli(StageCfg, ["--model.dim", "3"], PRESETS, "t")
+        parse_cli(StageCfg, ["--model.dim", "3"], "t")
     with pytest.raises(SystemExit):  # tyro reports unknown flags itself
-        parse_cli(StageCfg, ["--model.nope", "3"], PRESETS, "t")
+        parse_cli(StageCfg, ["--model.nope", "3"], "t")
+    assert parse_cli(StageCfg, [], "t") == StageCfg()  # the default preset (small)

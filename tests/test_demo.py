@@ -9,9 +9,18 @@ from pathlib import Path
 import pytest
 
 from defi.config import replace
-from defi.demo.pipeline import STAGES, preset_tiny, run_demo
-from defi.demo.report import difference_interval, verdict
 from defi.errors import ConfigError, DefiError
+from defi.eval.stats import difference_interval, verdict
+from defi.experiments.demo.config import STAGES, DemoConfig
+from defi.experiments.demo.pipeline import run
+
+
+def preset_tiny() -> DemoConfig:
+    return DemoConfig.preset("tiny")
+
+
+def run_demo(cfg: DemoConfig, redo: tuple[str, ...] = ()):
+    return run(replace(cfg, redo=redo))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +64,7 @@ def test_rerun_reuses_finished_stages_and_redo_reruns_later_ones(tiny_demo, caps
     run_demo(cfg, redo=("latents",))
     after = json.loads((tiny_demo / "stages.json").read_text())
     assert after["latents"]["finished"] >= before["latents"]["finished"] and after["compare"] == before["compare"]
-    with pytest.raises(DefiError, match="--redo nonsense"):
+    with pytest.raises(ConfigError, match="redo"):
         run_demo(cfg, redo=("nonsense",))
 
 
@@ -82,7 +91,7 @@ def test_difference_interval_and_verdicts():
 
 
 def test_ablate_tables_on_the_tiny_demo(tiny_demo):
-    from defi.demo.ablate import AblateConfig, ablate
+    from defi.experiments.demo.ablate import AblateConfig, ablate
 
     result = ablate(AblateConfig(demo_dir=tiny_demo, tables=("table4", "table7", "figure4"), fractions=(0.5, 1.0)))
     t4 = result["tables"]["table4"]
@@ -108,12 +117,11 @@ def test_ablate_tables_on_the_tiny_demo(tiny_demo):
         ablate(AblateConfig(demo_dir=tiny_demo, tasks=("push-v3",)))
 
 
+@pytest.mark.slow
 def test_quick_preset_end_to_end_smoke(tmp_path):
     """The `quick` preset as a user runs it (about 5 minutes on a 2-core CPU): every stage at its real sizes."""
-    from defi.demo.pipeline import preset_quick
-
     run_dir = tmp_path / "quick"
-    run_demo(replace(preset_quick(), run_dir=run_dir))
+    run_demo(replace(DemoConfig.preset("quick"), run_dir=run_dir))
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["comparison"]) == {"defi", "defi-scratch", "image_dp"}
     for row in report["comparison"].values():

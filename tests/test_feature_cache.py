@@ -1,4 +1,5 @@
-"""Finetuning's feature cache: the frozen GFDM / frame encoder run once per clip, with the same loss as uncached."""
+"""The frozen-feature cache in finetuning: the frozen GFDM / frame encoder run once per clip, with the same loss as
+uncached."""
 
 import copy
 import json
@@ -8,28 +9,32 @@ import torch
 from torch.utils.data import Subset, default_collate
 
 from defi.config import replace
-from defi.data import build_clip_dataset
-from defi.data.config import data_tiny
+from defi.data import DataConfig, build_clip_dataset
 from defi.errors import DefiError
-from defi.train.feature_cache import CachedClipDataset, build_feature_cache
-from defi.train.finetune import build_policy, finetune, preset_tiny
+from defi.train import finetune as finetune_stage
+from defi.train.feature_cache import CachedDataset, build_feature_cache
+from defi.train.finetune import FinetuneConfig, build_policy
 
 
 def tiny(tmp_path, store, **changes):
-    cfg = preset_tiny()
+    cfg = FinetuneConfig.preset("tiny")
     cfg = replace(cfg, run_dir=tmp_path / "run", evaluate=False,
-                  data=replace(data_tiny(), sources=[(str(store), 1.0)], val_fraction=0.25))
+                  data=replace(DataConfig.preset("tiny"), sources=[(str(store), 1.0)], val_fraction=0.25))
     return replace(cfg, **changes)
 
 
 def policy_and_data(tmp_path, store, trainable="gidm+adapter"):
     cfg = tiny(tmp_path, store)
-    cfg = replace(cfg, policy=replace(cfg.policy, trainable=trainable))
+    cfg = replace(cfg, defi=replace(cfg.defi, trainable=trainable))
     torch.manual_seed(0)
     policy, data_cfg = build_policy(cfg)
     train = build_clip_dataset(data_cfg, "train")
-    policy.set_normalization(train.action_stats, train.state_stats)
+    policy.normalizer.set_stats({"action": train.action_stats, "observation.state": train.state_stats})
     return policy, train
+
+
+def cache_of(policy, dataset, **kw):
+    return build_feature_cache(policy.frozen_features, dataset, progress=False, **kw)
 
 
 class FirstClips(Subset):
@@ -54,10 +59,11 @@ def test_cached_loss_equals_uncached_and_matches_batch_one_features(frozen_polic
     policy, train = frozen_policy
     # built in batches of 3, used in a batch of 8: a clip's features must not depend on its batch position
     train = Subset(train, range(8))
-    store = build_feature_cache(policy, train, batch_size=3, progress=False)
+    cache = cache_of(policy, train, batch_size=3)
+    store = cache.features
     assert set(store) == {"current_tokens", "gfdm.future", *(f"gfdm.{n}" for n in policy.config.video_former.layers)}
     assert all(t.dtype == torch.float16 for t in store.values())
-    cached = CachedClipDataset(train, store)
+    cached = CachedDataset(cache, train)
     batch = default_collate([cached[i] for i in range(8)])
     policy.train()
     state = copy.deepcopy(policy.state_dict())  # a training forward moves the GIDM's EMA codebook
@@ -68,29 +74,29 @@ def test_cached_loss_equals_uncached_and_matches_batch_one_features(frozen_polic
     loss_plain = policy(uncached(batch))["loss"]
     torch.testing.assert_close(loss_cached, loss_plain, rtol=2e-3, atol=1e-4)
     # what inference computes (batch 1, no cache) is what was cached for that clip
-    one = train[5]
-    feats = policy.frozen_features(one["images"][None], [one["instruction"]])
+    one = default_collate([train[5]])
+    feats = policy.frozen_features(one)
     for name, value in feats.items():
         torch.testing.assert_close(value[0], store[name][5].float(), rtol=2e-3, atol=2e-3)
 
 
 def test_cached_finetune_trains_without_running_the_frozen_gfdm(tmp_path, policy_store, monkeypatch):
-    import defi.train.finetune as finetune_module
-    from defi.models.forward.model import ForwardDynamicsModel
+    import defi.policies.defi.modeling_defi as modeling_defi
 
+    finetune_module = finetune_stage
     calls = []
-    original = ForwardDynamicsModel.extract_features
+    original = modeling_defi.one_step
 
-    def counting(self, images, *args, **kwargs):
+    def counting(model, images, *args, **kwargs):
         calls.append(images.shape[0])
-        return original(self, images, *args, **kwargs)
+        return original(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(ForwardDynamicsModel, "extract_features", counting)
+    monkeypatch.setattr(modeling_defi, "one_step", counting)
     build = finetune_module.build_clip_dataset
     monkeypatch.setattr(finetune_module, "build_clip_dataset", lambda cfg, split: FirstClips(build(cfg, split), range(12)))
     cfg = tiny(tmp_path, policy_store, val_batches=0)
     cfg = replace(cfg, trainer=replace(cfg.trainer, max_steps=20, log_every=1, checkpoint_every=100, lr=3e-3))
-    finetune(cfg)
+    finetune_stage.run(cfg)
     # the GFDM ran only to build the cache (batches of <= 64 clips), never on a training batch of 4
     assert calls and all(n != cfg.trainer.batch_size for n in calls[:-1])
     losses = [r["loss"] for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
@@ -103,21 +109,21 @@ def test_cached_finetune_trains_without_running_the_frozen_gfdm(tmp_path, policy
 def test_training_gfdm_caches_only_the_frame_encoder(tmp_path, policy_store, frozen_policy):
     policy, train = policy_and_data(tmp_path, policy_store, trainable="gfdm+adapter")
     train = Subset(train, range(4))
-    store = build_feature_cache(policy, train, progress=False)
-    assert set(store) == {"current_tokens"}
-    batch = default_collate([CachedClipDataset(train, store)[i] for i in range(4)])
+    cache = cache_of(policy, train)
+    assert set(cache.features) == {"current_tokens"}
+    batch = default_collate([CachedDataset(cache, train)[i] for i in range(4)])
     policy.train()
     policy(batch)["loss"].backward()
     # the GFDM ran in the graph (its gradients are still zero at step 0: the MLP and adapter outputs start at 0)
     assert any(p.grad is not None for p in policy.gfdm.parameters())
     frozen, _ = frozen_policy
-    gfdm_store = build_feature_cache(frozen, train, progress=False)
-    batch = default_collate([CachedClipDataset(train, gfdm_store)[i] for i in range(4)])
+    gfdm_cache = cache_of(frozen, train)
+    batch = default_collate([CachedDataset(gfdm_cache, train)[i] for i in range(4)])
     with pytest.raises(DefiError, match="trains the GFDM"):
         policy(batch)
 
 
 def test_cache_over_the_memory_limit_is_refused_with_the_estimate(frozen_policy):
     policy, train = frozen_policy
-    with pytest.raises(DefiError, match=r"GiB, over the limit cache_max_gib=1e-06"):
-        build_feature_cache(policy, Subset(train, range(2)), max_gib=1e-6, progress=False)
+    with pytest.raises(DefiError, match=r"GiB, over the limit of 1e-06 GiB"):
+        cache_of(policy, Subset(train, range(2)), max_gib=1e-6)

@@ -8,14 +8,24 @@ import pytest
 import torch
 
 from defi.config import from_dict, to_dict
-from defi.errors import CheckpointError, ConfigError
+from defi.errors import CheckpointError, ConfigError, ShapeError
 from defi.models.forward import (
     ForwardDynamicsConfig,
     ForwardDynamicsModel,
     VideoFormer,
     build_forward_model,
+    one_step,
+    sample_future,
+    video_former_config,
 )
-from defi.models.forward.config import PRESETS, tiny, tiny_svd
+
+
+def tiny() -> ForwardDynamicsConfig:
+    return ForwardDynamicsConfig.preset("tiny")
+
+
+def tiny_svd() -> ForwardDynamicsConfig:
+    return ForwardDynamicsConfig.preset("tiny-svd")
 
 B, V, L = 2, 2, 5
 
@@ -45,13 +55,6 @@ def moving_square_clip(cfg: ForwardDynamicsConfig) -> dict:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the CI box is shared: one thread avoids OpenMP spin-wait thrash that made these tests 20x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +64,11 @@ def tiny_model() -> ForwardDynamicsModel:
 
 
 def test_presets_validate_and_round_trip():
-    for name, preset in PRESETS.items():
-        cfg = preset()
+    for name in ForwardDynamicsConfig.preset_names():
+        cfg = ForwardDynamicsConfig.preset(name)
         assert from_dict(ForwardDynamicsConfig, to_dict(cfg)) == cfg, name
-    assert PRESETS["paper"]().backend == "svd" and PRESETS["paper"]().image_size == 256
-    assert PRESETS["paper"]().num_frames == 16
+    assert ForwardDynamicsConfig.preset("paper").backend == "svd" and ForwardDynamicsConfig.preset("paper").image_size == 256
+    assert ForwardDynamicsConfig.preset("paper").num_frames == 16
 
 
 @pytest.mark.parametrize(
@@ -92,17 +95,17 @@ def test_loss_sample_and_feature_shapes(tiny_model):
     batch = clip_batch(cfg)
     out = tiny_model(batch)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
-    video = tiny_model.sample(batch["images"], batch["instruction_tokens"], num_steps=2)
+    video = sample_future(tiny_model, batch["images"], batch["instruction_tokens"], num_steps=2)
     assert video.shape == (B, V, cfg.num_frames, 3, cfg.image_size, cfg.image_size)
     assert video.min() >= -1 - 1e-4 and video.max() <= 1 + 1e-4
-    feats = tiny_model.extract_features(batch["images"], batch["instruction_tokens"])
+    feats = one_step(tiny_model, batch["images"], batch["instruction_tokens"])
     side = cfg.latent_side
     assert set(feats) == {"mid_block", "up_blocks.0", "latents"}
     # views are folded into the batch: n = B * V
     assert feats["mid_block"].shape == (B * V, cfg.num_frames, 64, side // 2, side // 2)
     assert feats["up_blocks.0"].shape == (B * V, cfg.num_frames, 64, side, side)
     assert feats["latents"].shape == (B * V, cfg.num_frames, cfg.latent_channels, side, side)
-    assert tiny_model.feature_channels() == {"mid_block": 64, "up_blocks.0": 64}
+    assert tiny_model.config.feature_channels() == {"mid_block": 64, "up_blocks.0": 64}
 
 
 def test_future_mask_excludes_frames_past_the_episode_end(tiny_model):
@@ -131,26 +134,26 @@ def test_future_mask_excludes_frames_past_the_episode_end(tiny_model):
 def test_one_step_features_are_deterministic_and_follow_the_instruction(tiny_model):
     cfg = tiny_model.config
     batch = clip_batch(cfg)
-    a = tiny_model.extract_features(batch["images"], batch["instruction_tokens"])
-    b = tiny_model.extract_features(batch["images"], batch["instruction_tokens"])
-    other = tiny_model.extract_features(batch["images"], batch["instruction_tokens"].flip(0))
+    a = one_step(tiny_model, batch["images"], batch["instruction_tokens"])
+    b = one_step(tiny_model, batch["images"], batch["instruction_tokens"])
+    other = one_step(tiny_model, batch["images"], batch["instruction_tokens"].flip(0))
     assert torch.equal(a["up_blocks.0"], b["up_blocks.0"])
     assert not torch.allclose(a["up_blocks.0"], other["up_blocks.0"])
     # exactly one UNet call
     calls = []
     handle = tiny_model.unet.register_forward_hook(lambda *_: calls.append(1))
-    tiny_model.extract_features(batch["images"], batch["instruction_tokens"])
+    one_step(tiny_model, batch["images"], batch["instruction_tokens"])
     handle.remove()
     assert len(calls) == 1
     with pytest.raises(ConfigError, match="features.layers"):
-        tiny_model.extract_features(batch["images"], batch["instruction_tokens"], layers=("up_blocks.9",))
+        one_step(tiny_model, batch["images"], batch["instruction_tokens"], layers=("up_blocks.9",))
 
 
 def test_video_former_turns_features_into_fixed_tokens(tiny_model):
     cfg = tiny_model.config
     batch = clip_batch(cfg)
-    feats = tiny_model.extract_features(batch["images"], batch["instruction_tokens"])
-    former = VideoFormer(tiny_model.video_former_config(dim=32, num_queries=3, depth=2, heads=4))
+    feats = one_step(tiny_model, batch["images"], batch["instruction_tokens"])
+    former = VideoFormer(video_former_config(tiny_model.config, dim=32, num_queries=3, depth=2, heads=4))
     tokens = former(feats)
     assert tokens.shape == (B * V, cfg.num_frames * 3, 32)
     tokens.square().mean().backward()
@@ -160,7 +163,7 @@ def test_video_former_turns_features_into_fixed_tokens(tiny_model):
     first_frame_only["mid_block"][:, 0] += 1.0
     delta = (former(first_frame_only) - tokens).abs().sum(-1)
     assert (delta > 0).all()
-    with pytest.raises(ValueError, match="up_blocks.0"):
+    with pytest.raises(ShapeError, match="up_blocks.0"):
         former({**feats, "up_blocks.0": feats["up_blocks.0"][:, :, :8]})
 
 
@@ -191,8 +194,8 @@ def test_compact_save_and_load_round_trip(tmp_path, tiny_model):
     batch = clip_batch(tiny_model.config)
     tiny_model.save_pretrained(tmp_path / "fdm")
     loaded = ForwardDynamicsModel.from_pretrained(tmp_path / "fdm")
-    a = tiny_model.extract_features(batch["images"], batch["instruction_tokens"])
-    b = loaded.extract_features(batch["images"], batch["instruction_tokens"])
+    a = one_step(tiny_model, batch["images"], batch["instruction_tokens"])
+    b = one_step(loaded, batch["images"], batch["instruction_tokens"])
     assert torch.equal(a["up_blocks.0"], b["up_blocks.0"])
 
 
@@ -225,10 +228,10 @@ def test_svd_backend_trains_extracts_and_loads_pretrained_weights(tmp_path):
     assert torch.isfinite(out["loss"])
     assert any(not torch.equal(a, p) for a, p in zip(before, trainable))
     batch = clip_batch(cfg)
-    feats = model.extract_features(batch["images"], batch["instruction_tokens"])
+    feats = one_step(model, batch["images"], batch["instruction_tokens"])
     side = cfg.latent_side
     assert feats["up_blocks.0"].shape == (B * V, cfg.num_frames, 64, side, side)
-    video = model.sample(batch["images"], batch["instruction_tokens"], num_steps=2)
+    video = sample_future(model, batch["images"], batch["instruction_tokens"], num_steps=2)
     assert video.shape == (B, V, cfg.num_frames, 3, cfg.image_size, cfg.image_size)
 
 
@@ -247,7 +250,7 @@ def test_svd_missing_or_mismatched_weights_raise_checkpoint_error(tmp_path):
 
 def test_paper_config_builds_on_meta_device():
     with torch.device("meta"):
-        model = ForwardDynamicsModel(PRESETS["paper"]())
+        model = ForwardDynamicsModel(ForwardDynamicsConfig.preset("paper"))
     count = sum(p.numel() for p in model.parameters())
     assert 1.4e9 < count < 1.8e9  # SVD-xt unet (~1.52B) + temporal-decoder VAE (~98M) + text projection
 

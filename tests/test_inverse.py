@@ -2,18 +2,14 @@ import pytest
 import torch
 
 from defi.config import from_dict
-from defi.errors import ConfigError
-from defi.models.inverse import GIDM, GIDMConfig, QuantizerConfig, gidm_tiny, table7_variant, table8_variant
-from defi.models.inverse.probe import r2_score, ridge_probe
+from defi.errors import ConfigError, ShapeError
+from defi.eval.probes import r2_score, ridge_probe
+from defi.models.inverse import GIDM, GIDMConfig, QuantizerConfig, table7_variant, table8_variant
+
+
+def gidm_tiny() -> GIDMConfig:
+    return GIDMConfig.preset("tiny")
 from defi.models.inverse.quantizer import VectorQuantizer, code_usage
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def inputs(b=3, seed=0, cfg=None):
@@ -155,9 +151,9 @@ def test_no_text_and_shape_errors():
     model = GIDM(cfg)
     cur, fut, _, _ = inputs()
     assert model(cur, fut)["loss"].isfinite()
-    with pytest.raises(ValueError, match="future_tokens"):
+    with pytest.raises(ShapeError, match="future_tokens"):
         model(cur, fut[:, :5])
-    with pytest.raises(ValueError, match="text_tokens"):
+    with pytest.raises(ShapeError, match="text_tokens"):
         GIDM(gidm_tiny())(cur, fut, None, None)
 
 

@@ -1,7 +1,6 @@
 """Stage test on an in-memory clip dataset of the data layer's contract: a square moves by the action."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,15 +8,17 @@ from torch.utils.data import Dataset
 
 from defi.config import replace
 from defi.models.inverse import GIDM
-from defi.train.pretrain_idm import GIDMPretrainModule, preset_tiny, pretrain_idm
+from defi.train.pretrain_idm import GIDMPretrainModule, PretrainIDMConfig, run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def preset_tiny() -> PretrainIDMConfig:
+    return PretrainIDMConfig.preset("tiny")
+
+
+def pretrain_idm(cfg, train, val):
+    return run(cfg, {"train": train, "val": val})
+
+
 
 
 class MovingSquareClips(Dataset):
@@ -66,33 +67,34 @@ def test_pretrain_idm_stage_end_to_end(tmp_path):
     metrics = pretrain_idm(cfg, MovingSquareClips(), MovingSquareClips(seed=1))
     run = tmp_path / "run"
     on_disk = json.loads((run / "metrics.json").read_text())
-    for key in ("eval/mse", "eval/copy_mse", "eval/codes_used_fraction", "eval/code_perplexity",
-                "eval/probe_r2_latent_action", "eval/probe_r2_feature_diff", "parameters"):
-        assert key in on_disk and on_disk[key] == metrics[key], key
-    assert 0 < on_disk["eval/codes_used_fraction"] <= 1 and on_disk["eval/code_perplexity"] >= 1
+    held = on_disk["held_out"]
+    for key in ("mse", "copy_mse", "codes_used_fraction", "code_perplexity", "probe_r2_latent_action",
+                "probe_r2_feature_diff"):
+        assert key in held and held[key] == metrics["held_out"][key], key
+    assert on_disk["stage"] == "pretrain-idm" and on_disk["parameters"]["total"] > 0
+    assert 0 < held["codes_used_fraction"] <= 1 and held["code_perplexity"] >= 1
     # probe fitted on the train split's clips, scored on the held-out split's
-    assert on_disk["eval/probe_fit_clips"] == 64 and on_disk["eval/probe_test_clips"] == 64
+    assert held["probe_fit_clips"] == 64 and held["probe_test_clips"] == 64
     pngs = list((run / "attention").glob("step_*.png"))
     assert pngs and pngs[0].stat().st_size > 1000
     gidm = GIDM.from_pretrained(run / "model")
     assert gidm.config.feature_dim == 16 and gidm.config.text_dim == 384  # filled from the encoders
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["num_patches"] == 16
-    # the frozen encoders stay out of the checkpoint
-    assert not any(k.startswith(("frame_encoder", "text_encoder")) for k in GIDMPretrainModule(
-        gidm, None, None).state_dict())
+    # the saved GIDM names the encoders and camera that feed it; the encoders themselves are not in its weights
+    assert gidm.config.frame_encoder == cfg.model.frame_encoder and gidm.config.camera == "corner"
+    assert not any("encoder.model" in k or k.startswith(("frame_encoder", "text_encoder"))
+                   for k in GIDMPretrainModule(gidm).state_dict())
 
 
 def test_probe_on_one_split_holds_out_whole_episodes():
-    from defi.models.encoders.frame import build_frame_encoder
-    from defi.models.inverse import gidm_tiny
+    from defi.models.inverse import GIDMConfig
     from defi.train.pretrain_idm import encode_clips, evaluate_gidm
 
     cfg = preset_tiny()
-    enc = build_frame_encoder(cfg.frame_encoder)
-    cached = encode_clips(MovingSquareClips(), enc, 0)
-    gidm = GIDM(replace(gidm_tiny(), text_dim=0))
-    out = evaluate_gidm(GIDMPretrainModule(gidm, enc, None), cached, cached, cfg.eval)
+    gidm = GIDM(replace(GIDMConfig.preset("tiny"), text_dim=0))
+    cached = encode_clips(gidm, MovingSquareClips(), 0)
+    out = evaluate_gidm(GIDMPretrainModule(gidm), cached, cached, cfg.eval)
     assert out["probe_test_clips"] == 16 and out["probe_fit_clips"] == 48  # 2 of 8 episodes scored
     # the pooled feature difference of a moving square carries its displacement: a linear probe finds some of it
     assert 0.05 < out["probe_train_r2_feature_diff"] <= 1
@@ -112,8 +114,8 @@ def test_stage_rejects_clips_without_the_contract_keys(tmp_path):
     cfg = replace(preset_tiny(), run_dir=tmp_path / "run")
     with pytest.raises(DefiError, match="goal_images"):
         pretrain_idm(cfg, NoGoal(), NoGoal())
-    with pytest.raises(ConfigError, match="view_index"):
-        pretrain_idm(replace(cfg, view_index=5), MovingSquareClips(), MovingSquareClips())
+    with pytest.raises(ConfigError, match="model"):
+        pretrain_idm(replace(cfg, model=replace(cfg.model, camera="wrist")), MovingSquareClips(), MovingSquareClips())
 
 
 def test_cli_reports_bad_config_keys(capsys):
@@ -151,11 +153,11 @@ def test_cli_trains_on_an_action_free_episode_store(tmp_path, capsys):
     ingest_videos(tmp_path / "captions.csv", tmp_path / "store", fps=10, size=32, progress=False)
     (tmp_path / "cfg.json").write_text(json.dumps({
         "data": {"sources": [[str(tmp_path / "store"), 1.0]], "cameras": ["main"], "val_fraction": 0.34},
-        "run_dir": str(tmp_path / "run"),
+        "model": {"camera": "main"}, "run_dir": str(tmp_path / "run"),
     }))
     code = main(["pretrain-idm", "--preset", "tiny", "--config", str(tmp_path / "cfg.json"), "--trainer.max-steps", "3"])
     assert code == 0, capsys.readouterr().err
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["eval/copy_mse"] > 0 and "eval/codes_used_fraction" in metrics
-    assert "eval/probe_r2_latent_action" not in metrics  # action-free: nothing to probe against
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["held_out"]
+    assert metrics["copy_mse"] > 0 and "codes_used_fraction" in metrics
+    assert "probe_r2_latent_action" not in metrics  # action-free: nothing to probe against
     assert GIDM.from_pretrained(tmp_path / "run" / "model").config.num_patches == 16

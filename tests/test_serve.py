@@ -26,7 +26,9 @@ from websockets.sync.client import connect
 
 from defi.cli import main as defi_main
 from defi.errors import DefiError
-from defi.policies import ScriptedMetaWorldConfig, ScriptedMetaWorldPolicy, load_policy
+from defi.policies import load_policy
+from defi.policies.scripted import ScriptedConfig as ScriptedMetaWorldConfig
+from defi.policies.scripted import ScriptedPolicy as ScriptedMetaWorldPolicy
 from defi.serve import PolicyClient, PolicyServer, PolicyServerError, ServeConfig
 from defi.serve.protocol import packb
 
@@ -131,7 +133,7 @@ def test_openpi_client_drives_a_metaworld_episode(tmp_path):
     with PolicyServer(policy, ServeConfig(**FAST)).start_in_thread() as thread:
         client = WebsocketClientPolicy(host="127.0.0.1", port=thread.port)
         metadata = client.get_server_metadata()
-        assert metadata["policy_type"] == "ScriptedMetaWorldPolicy" and metadata["state_dim"] == 39
+        assert metadata["policy_type"] == "scripted" and metadata["state_dim"] == 39
         assert metadata["server"]["instruction_keys"] == ["prompt", "task"]
         env = gym.make("Meta-World/MT1", env_name="reach-v3", seed=0)
         obs, _ = env.reset(seed=0)
@@ -290,6 +292,9 @@ class CountingPolicy:
 
     def __init__(self):
         self.steps = 0
+
+    def fork(self):
+        return type(self)()
 
     def reset(self):
         self.steps = 0

@@ -11,17 +11,12 @@ from openpi_client import msgpack_numpy as openpi_msgpack
 
 from defi.config import save_config
 from defi.errors import CheckpointError, ConfigError, DefiError
-from defi.policies import (
-    POLICY_TYPES,
-    ScriptedMetaWorldConfig,
-    ScriptedMetaWorldPolicy,
-    load_policy,
-    register_policy,
-    resolve_device,
-)
+from defi.policies import POLICY_TYPES, load_policy, register_policy
+from defi.policies.scripted import ScriptedConfig as ScriptedMetaWorldConfig
+from defi.policies.scripted import ScriptedPolicy as ScriptedMetaWorldPolicy
 from defi.serve import PolicyServer, ServeConfig
 from defi.serve.protocol import PolicyOutputError, RequestError, RequestSpec, check_actions, packb, unpackb
-from defi.serve.sessions import fork_policy
+from defi.utils.environment import resolve_device
 
 pytestmark = [  # third-party noise: openpi-client's direct websockets.connect, gymnasium's env checker
     pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"),
@@ -39,12 +34,12 @@ def test_scripted_policy_round_trips_and_matches_the_expert(tmp_path):
 
     policy = ScriptedMetaWorldPolicy(ScriptedMetaWorldConfig(task="drawer-open-v3", cameras=("corner",)))
     policy.save_pretrained(tmp_path / "expert")
-    assert json.loads((tmp_path / "expert" / "config.json").read_text())["_type"] == "ScriptedMetaWorldConfig"
+    assert json.loads((tmp_path / "expert" / "config.json").read_text())["_type"] == "scripted"
     loaded = load_policy(tmp_path / "expert", device="cpu")
     assert isinstance(loaded, ScriptedMetaWorldPolicy)
-    assert loaded.metadata == {"policy_type": "ScriptedMetaWorldPolicy", "task": "drawer-open-v3",
-                               "cameras": ["corner"], "image_size": [64, 64], "action_dim": 4, "action_horizon": 1,
-                               "state_dim": 39}
+    assert loaded.metadata.to_dict() == {"policy_type": "scripted", "task": "drawer-open-v3", "cameras": ["corner"],
+                                         "image_size": [64, 64], "action_dim": 4, "action_horizon": 1,
+                                         "state_dim": 39, "sampling_steps": None}
     env = gym.make("Meta-World/MT1", env_name="drawer-open-v3", seed=3)
     obs, _ = env.reset(seed=3)
     chunk = loaded.act({"observation.state": obs.astype(np.float32)}, "open the drawer")
@@ -52,7 +47,7 @@ def test_scripted_policy_round_trips_and_matches_the_expert(tmp_path):
     expected = SawyerDrawerOpenV3Policy().get_action(obs.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(chunk[0], expected, rtol=1e-6)
     assert np.abs(chunk).sum() > 0
-    with pytest.raises(DefiError, match=r"observation.state has shape \[4\]"):
+    with pytest.raises(DefiError, match=r"observation.state: expected shape \[39\].*got \[4\]"):
         loaded.act({"observation.state": np.zeros(4, np.float32)}, "x")
     with pytest.raises(DefiError, match="needs 'observation.state'"):
         loaded.act({}, "x")
@@ -71,7 +66,7 @@ def test_load_policy_errors_and_run_directories(tmp_path):
         load_policy(tmp_path / "empty")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"_type": "FancyConfig"}))
-    with pytest.raises(CheckpointError, match=r"_type='FancyConfig'.*ScriptedMetaWorldConfig"):
+    with pytest.raises(CheckpointError, match=r"_type='FancyConfig'.*scripted"):
         load_policy(tmp_path / "other")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
@@ -84,7 +79,7 @@ def test_load_policy_errors_and_run_directories(tmp_path):
     assert isinstance(load_policy(run, device="cpu"), ScriptedMetaWorldPolicy)
     # a saved policy whose config is invalid reports the field
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "config.json").write_text(json.dumps({"_type": "ScriptedMetaWorldConfig", "image_size": -1}))
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"_type": "scripted", "image_size": -1}))
     with pytest.raises(ConfigError, match="image_size"):
         load_policy(tmp_path / "bad")
 
@@ -93,7 +88,7 @@ def test_register_policy_and_device_placement(tmp_path):
     import torch
 
     class TinyTorchConfig(ScriptedMetaWorldConfig):
-        pass
+        type_name = "tiny_torch"
 
     class TinyTorchPolicy(torch.nn.Module):
         def __init__(self):
@@ -111,7 +106,7 @@ def test_register_policy_and_device_placement(tmp_path):
     module.TinyTorchPolicy = TinyTorchPolicy
     sys.modules[module.__name__] = module
     try:
-        register_policy("TinyTorchConfig", "defi_test_tiny_policy:TinyTorchPolicy")
+        register_policy("tiny_torch", "defi_test_tiny_policy:TinyTorchPolicy")
         save_config(TinyTorchConfig(), tmp_path / "config.json")
         policy = load_policy(tmp_path, device="auto")
         assert isinstance(policy, TinyTorchPolicy) and not policy.training
@@ -119,46 +114,52 @@ def test_register_policy_and_device_placement(tmp_path):
         assert resolve_device("auto") == expected
         assert policy.head.weight.device.type == expected
     finally:
-        POLICY_TYPES.pop("TinyTorchConfig", None)
+        POLICY_TYPES.pop("tiny_torch", None)
         del sys.modules[module.__name__]
     with pytest.raises(ValueError, match="module:Class"):
         register_policy("X", "no_colon")
 
 
-def test_fork_shares_weights_and_isolates_episode_state():
+@pytest.mark.parametrize("kind", ["defi", "image_dp"])
+def test_forks_share_every_tensor_and_isolate_episode_state(kind):
+    """What the server gives each connection: a fork sharing every weight (the frozen encoders included)."""
     import torch
 
-    class Stateful(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Linear(3, 2)
-            self.register_buffer("scale", torch.ones(2))
-            self.history: list[int] = []
+    from defi.models.encoders import shared_encoders
+    from defi.policies import policy_class
+    from defi.policies.base import PolicyConfig
 
-    policy = Stateful()
-    fork = fork_policy(policy)
-    assert fork is not policy and fork.net is not policy.net
-    assert fork.net.weight.data_ptr() == policy.net.weight.data_ptr()
-    assert fork.scale.data_ptr() == policy.scale.data_ptr()
-    fork.history.append(1)
-    assert policy.history == []
-
-    class ForksItself:
-        def fork(self):
-            return "custom"
-
-    assert fork_policy(ForksItself()) == "custom"
+    cls = policy_class(kind)
+    policy = cls(cls.config_class.preset("tiny"))
+    assert isinstance(policy.config, PolicyConfig)
+    stats = {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4)}
+    policy.normalizer.set_stats({"action": stats, "observation.state": stats})
+    obs = {"observation.images.corner": np.zeros((32, 32, 3), np.uint8), "observation.state": np.zeros(4, np.float32)}
+    policy.act(obs, "reach the goal")  # builds the shared frozen encoders
+    encoders = len(shared_encoders())
+    forks = [policy.fork() for _ in range(16)]
+    for fork in forks:
+        assert fork is not policy
+        pairs = zip((*policy.parameters(), *policy.buffers()), (*fork.parameters(), *fork.buffers()))
+        assert all(a.data_ptr() == b.data_ptr() for a, b in pairs)
+        fork.act(obs, "reach the goal")
+    assert len(shared_encoders()) == encoders  # no fork built or copied an encoder
+    forks[0].reset(seed=1)
+    assert forks[0]._generator is not None and policy._generator is None and forks[1]._generator is None
+    a = forks[0].act(obs, "reach the goal")
+    forks[1].reset(seed=1)
+    np.testing.assert_array_equal(forks[1].act(obs, "reach the goal"), a)
+    assert torch.equal(next(policy.parameters()), next(forks[5].parameters()))
 
 
 def test_a_policy_that_cannot_be_forked_is_refused_at_start_up():
-    import threading
+    class Unforkable:
+        metadata = {"policy_type": "x", "cameras": [], "action_dim": 1, "action_horizon": 1, "state_dim": 0}
 
-    class Unforkable(ScriptedMetaWorldPolicy):
-        def __init__(self):
-            super().__init__()
-            self.lock = threading.Lock()  # locks cannot be copied
+        def act(self, observation, instruction):
+            return np.zeros((1, 1), np.float32)
 
-    with pytest.raises(DefiError, match="define `fork\\(\\)`"):
+    with pytest.raises(DefiError, match="has no fork\\(\\)"):
         PolicyServer(Unforkable(), ServeConfig(port=0))
 
 

@@ -133,6 +133,29 @@ def test_two_process_ddp_ranks_agree_and_see_different_data(tmp_path):
     assert len(list_checkpoints(tmp_path / "run")) >= 1
 
 
+@pytest.mark.slow
+def test_two_process_pretrain_idm_stage_saves_rank_zeros_weights_once(tmp_path, policy_store):
+    """The stage contract under DDP: both ranks train the same GIDM, only the main process writes model/ and
+    metrics.json, and what it wrote is the weights every rank holds."""
+    from safetensors.torch import load_file
+
+    worker = Path(__file__).with_name("ddp_stage_worker.py")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+           str(policy_store), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    for rank in range(2):
+        held = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        assert held.keys() == saved.keys()
+        assert all(torch.equal(held[k], saved[k]) for k in saved), rank
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stage"] == "pretrain-idm" and metrics["steps"] == 6
+    leftovers = [p.name for p in (tmp_path / "run").iterdir() if ".tmp" in p.name or ".old" in p.name]
+    assert not leftovers
+
+
 def test_bf16_autocast_runs_on_this_device(tmp_path):
     trainer, _ = make(tmp_path, tiny_cfg(max_steps=10, mixed_precision="bf16"))
     assert trainer.accelerator.mixed_precision == "bf16"

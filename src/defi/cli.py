@@ -1,35 +1,64 @@
-"""The `defi` command.
+"""The `defi` command: ONE table of subcommands, each a (config class, run function) pair.
 
-Each subcommand is a thin shell over a function that the tests also call: the function receives the remaining
-arguments (a list of strings) and returns an exit code. Subcommands are imported lazily so that `defi --help`
-stays fast and a stage's heavy dependencies load only when that stage runs.
+Every subcommand is parsed the same way (tyro, `defi.config.parse_cli`): the config class's presets
+(`--preset NAME`, the class's `default_preset` when not given), then `--config FILE.json`, then field overrides
+(`--trainer.max-steps 500`). The run function receives the config; the functions are what the tests call.
+Subcommands are imported lazily so that `defi --help` stays fast and a stage's heavy dependencies load only when
+that stage runs.
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import import_module
+from typing import Any
 
 from defi.errors import DefiError
 
-# name -> ("module:function", one-line help). Two-word names ("data metaworld") form groups.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "env": ("defi.utils.environment:env_main", "Print versions, device and mixed-precision support."),
-    "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
-    "pretrain-fdm": ("defi.train.pretrain_fdm:pretrain_fdm_main", "Pretrain the forward dynamics model (GFDM, video diffusion)."),
-    "data metaworld": ("defi.data.sources.metaworld:metaworld_main", "Generate Meta-World v3 expert episodes."),
-    "data videos": ("defi.data.sources.videos:videos_main", "Ingest a folder of captioned videos (action-free)."),
-    "data info": ("defi.data.inspect:info_main", "Summarise an episode store."),
-    "data preview": ("defi.data.inspect:preview_main", "Write a GIF of some episodes of a store."),
-    "pretrain-idm": ("defi.train.pretrain_idm:pretrain_idm_main", "Pretrain the inverse dynamics model (GIDM, latent actions)."),
-    "finetune": ("defi.train.finetune:finetune_main", "Finetune the coupled DeFI policy (or a baseline) on demos."),
-    "eval": ("defi.eval.metaworld_eval:eval_main", "Evaluate a saved policy in closed loop on Meta-World."),
-    "compare": ("defi.eval.compare:compare_main", "Finetune + evaluate DeFI and both baselines on the same demos."),
-    "demo": ("defi.demo.pipeline:demo_main", "The whole pipeline in one command, with report.html (presets quick/full)."),
-    "ablate": ("defi.demo.ablate:ablate_main", "The paper's ablation tables (4, 7, 9, Fig. 4) on a finished demo run."),
-    "serve": ("defi.serve.cli:serve_main", "Serve a saved policy to robots over websockets (openpi protocol)."),
+
+@dataclass(frozen=True)
+class Command:
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function" taking the config
+    help: str
+    summary: str = ""  # optional "module:function" turning run's result into what is printed
+
+    def load(self, target: str) -> Any:
+        module, name = target.split(":")
+        return getattr(import_module(module), name)
+
+
+COMMANDS: dict[str, Command] = {
+    "env": Command("defi.utils.environment:EnvConfig", "defi.utils.environment:run",
+                   "Print versions, device and mixed-precision support."),
+    "data metaworld": Command("defi.data.sources.metaworld:MetaWorldGenConfig", "defi.data.sources.metaworld:run",
+                              "Generate Meta-World v3 expert episodes."),
+    "data videos": Command("defi.data.sources.videos:VideosConfig", "defi.data.sources.videos:run",
+                           "Ingest a folder of captioned videos (action-free)."),
+    "data info": Command("defi.data.inspect:InfoConfig", "defi.data.inspect:info", "Summarise an episode store."),
+    "data preview": Command("defi.data.inspect:PreviewConfig", "defi.data.inspect:preview",
+                            "Write a GIF of some episodes of a store."),
+    "pretrain-fdm": Command("defi.train.pretrain_fdm:PretrainFDMConfig", "defi.train.pretrain_fdm:run",
+                            "Pretrain the forward dynamics model (GFDM, video diffusion).",
+                            "defi.train.pretrain_fdm:summary"),
+    "pretrain-idm": Command("defi.train.pretrain_idm:PretrainIDMConfig", "defi.train.pretrain_idm:run",
+                            "Pretrain the inverse dynamics model (GIDM, latent actions).",
+                            "defi.train.pretrain_idm:summary"),
+    "finetune": Command("defi.train.finetune:FinetuneConfig", "defi.train.finetune:run",
+                        "Finetune the coupled DeFI policy (or a baseline) on demos.", "defi.train.finetune:summary"),
+    "eval": Command("defi.eval.metaworld:EvalRunConfig", "defi.eval.metaworld:run",
+                    "Evaluate a saved policy in closed loop on Meta-World."),
+    "compare": Command("defi.experiments.compare:CompareConfig", "defi.experiments.compare:run",
+                       "Finetune + evaluate DeFI and both baselines on the same demos."),
+    "demo": Command("defi.experiments.demo.config:DemoConfig", "defi.experiments.demo.pipeline:run",
+                    "The whole pipeline in one command, with report.html (presets tiny/quick/full)."),
+    "ablate": Command("defi.experiments.demo.ablate:AblateConfig", "defi.experiments.demo.ablate:run",
+                      "The paper's ablation tables (4, 7, 9, Fig. 4) on a finished demo run."),
+    "serve": Command("defi.serve.cli:ServeCommand", "defi.serve.cli:run",
+                     "Serve a saved policy to robots over websockets (openpi protocol)."),
 }
 
 
@@ -43,8 +72,8 @@ def _usage() -> str:
         "commands:",
     ]
     width = max(len(name) for name in COMMANDS) + 2
-    for name, (_, help_text) in sorted(COMMANDS.items()):
-        lines.append(f"  {name.ljust(width)}{help_text}")
+    for name, command in sorted(COMMANDS.items()):
+        lines.append(f"  {name.ljust(width)}{command.help}")
     lines += ["", "options:", "  --debug   show the full traceback on errors", "  --help    show this message"]
     return "\n".join(lines)
 
@@ -55,6 +84,22 @@ def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
         if len(argv) >= words and name in COMMANDS:
             return name, argv[words:]
     return None, argv
+
+
+def parse(argv: Sequence[str]) -> tuple[str, Any]:
+    """(command name, its config) for a `defi ...` command line (without the leading "defi"); runs nothing."""
+    from defi.config import parse_cli
+
+    name, rest = _resolve(list(argv))
+    if name is None:
+        first = argv[0] if argv else ""
+        group = sorted(n.split()[1] for n in COMMANDS if n.split()[0] == first and " " in n)
+        if group:
+            raise DefiError(f"defi {first}: choose one of: {', '.join(group)}")
+        raise DefiError(f"unknown command {first!r} (run `defi --help` for the list)")
+    command = COMMANDS[name]
+    cls = command.load(command.config)
+    return name, parse_cli(cls, rest, prog=f"defi {name}", description=(cls.__doc__ or command.help).strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,20 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"defi {__version__}")
         return 0
-    name, rest = _resolve(argv)
-    if name is None:
-        group = [n for n in COMMANDS if n.split()[0] == argv[0]]
-        if group:
-            print(f"defi {argv[0]}: choose one of: " + ", ".join(sorted(n.split()[1] for n in group)), file=sys.stderr)
-        else:
-            print(f"defi: error: unknown command {argv[0]!r} (run `defi --help` for the list)", file=sys.stderr)
-        return 2
-    target, _ = COMMANDS[name]
-    module_name, func_name = target.split(":")
+    name = " ".join(argv[:2]) if " ".join(argv[:2]) in COMMANDS else argv[0]
     try:
-        func = getattr(import_module(module_name), func_name)
-        code = func(rest)
-        return int(code or 0)
+        name, cfg = parse(argv)
+        command = COMMANDS[name]
+        result = command.load(command.run)(cfg)
+        if command.summary:
+            summary: Callable[[Any], Any] = command.load(command.summary)
+            text = summary(result)
+            if isinstance(text, dict):
+                import json
+
+                text = json.dumps(text, indent=2, default=str)
+            print(text)
+        return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
     except DefiError as err:
         if debug:
             traceback.print_exc()

@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from defi.errors import ConfigError
 
@@ -23,7 +23,31 @@ C = TypeVar("C")
 
 
 class Config:
-    """Mixin for config dataclasses: override `validate` and call `self.check(...)` for value constraints."""
+    """Mixin for config dataclasses: override `validate` and call `self.check(...)` for value constraints.
+
+    Presets (one scheme for every config): named constructors registered with `@preset(Cls, "name")` and built
+    with `Cls.preset("name")`. By convention `tiny` is for tests, `small` the CPU default and `paper` the
+    published sizes; `default_preset` is what a command starts from when no `--preset` is given.
+    """
+
+    _presets: ClassVar[dict[str, Callable[[], Any]]] = {}
+    default_preset: ClassVar[str] = "small"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._presets = {}  # each config class has its own presets (a subclass does not inherit its parent's)
+
+    @classmethod
+    def preset(cls: type[C], name: str) -> C:
+        presets = cls._presets  # type: ignore[attr-defined]
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r} for {cls.__name__} (valid presets: "
+                              f"{', '.join(presets) or 'none'})")
+        return presets[name]()
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        return tuple(cls._presets)
 
     def validate(self) -> None:  # pragma: no cover - default has nothing to check
         pass
@@ -31,6 +55,16 @@ class Config:
     def check(self, condition: bool, key: str, expected: str) -> None:
         if not condition:
             raise ConfigError(f"{key}={getattr(self, key, '?')!r}: expected {expected}")
+
+
+def preset(cls: type[C], name: str) -> Callable[[Callable[[], C]], Callable[[], C]]:
+    """Register the decorated function as preset `name` of config class `cls`."""
+
+    def register(fn: Callable[[], C]) -> Callable[[], C]:
+        cls._presets[name] = fn  # type: ignore[attr-defined]
+        return fn
+
+    return register
 
 
 def validate_config(cfg: Any, prefix: str = "") -> None:
@@ -166,8 +200,9 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the config as JSON atomically (write a temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"_type": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: concurrent writers never share it
+    kind = getattr(cfg, "type_name", None) or type(cfg).__name__
+    tmp.write_text(json.dumps({"_type": kind, **to_dict(cfg)}, indent=2) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -196,52 +231,41 @@ def replace(cfg: C, **changes: Any) -> C:
     return new
 
 
-def parse_cli(
-    cls: type[C],
-    argv: Sequence[str],
-    presets: dict[str, Callable[[], C]],
-    prog: str,
-    description: str | None = None,
-    default_preset: str = "small",
-) -> C:
-    """Build a config from `--preset NAME`, then `--config FILE.json`, then field overrides (tyro flags).
+def parse_cli(cls: type[C], argv: Sequence[str], prog: str, description: str | None = None) -> C:
+    """Build a config from `--preset NAME`, then `--config FILE.json`, then field overrides, all parsed by tyro.
 
-    Example: `defi finetune --preset small --trainer.max-steps 500 --trainer.lr 3e-4`.
+    Example: `defi finetune --preset small --config my.json --trainer.max-steps 500 --trainer.lr 3e-4`. The first
+    pass reads only `--preset` / `--config` (unknown flags are kept for the second), so that the second pass can
+    show and override the chosen preset's values.
     """
     import tyro
 
+    presets = cls.preset_names()
+    default = cls.default_preset if cls.default_preset in presets else None
+
+    @dataclasses.dataclass
+    class Base:
+        preset: typing.Optional[str] = default  # noqa: UP045 - tyro reads the annotation at run time
+        config: typing.Optional[Path] = None  # noqa: UP045
+
     argv = list(argv)
-    preset = default_preset
-    config_file = None
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        for flag in ("--preset", "--config"):
-            if arg == flag or arg.startswith(flag + "="):
-                if "=" in arg:
-                    value = arg.split("=", 1)[1]
-                else:
-                    if i + 1 >= len(argv):
-                        raise ConfigError(f"{flag} needs a value")
-                    i += 1
-                    value = argv[i]
-                if flag == "--preset":
-                    preset = value
-                else:
-                    config_file = value
-                break
-        else:
-            rest.append(arg)
-        i += 1
-    if preset not in presets:
-        raise ConfigError(f"unknown preset {preset!r} (valid presets: {', '.join(presets)})")
-    base = presets[preset]()
-    if config_file is not None:
-        base = load_config(cls, config_file, base=base)
-    desc = (description or "") + f"\n\nBase config: --preset {{{','.join(presets)}}} (default {default_preset}), " \
-        "then --config FILE.json, then the flags below."
-    cfg = tyro.cli(cls, default=base, args=rest, prog=prog, description=desc)
+    asks_help = any(a in ("-h", "--help") for a in argv)
+    base, rest = tyro.cli(Base, args=[a for a in argv if a not in ("-h", "--help")], return_unknown_args=True,
+                          add_help=False, prog=prog)
+    if asks_help:
+        rest = [*rest, "--help"]
+    if base.preset is not None and base.preset not in presets:
+        raise ConfigError(f"unknown preset {base.preset!r} (valid presets: {', '.join(presets) or 'none'})")
+    start = cls.preset(base.preset) if base.preset is not None else None
+    if base.config is not None:
+        start = load_config(cls, base.config, base=start)
+    desc = description or ""
+    if presets:
+        desc += f"\n\nBase config: --preset {{{','.join(presets)}}}" + (f" (default {default})" if default else "") + \
+            ", then --config FILE.json, then the flags below."
+    if start is None:  # no preset: the class's own defaults (and its required positional arguments)
+        cfg = tyro.cli(cls, args=rest, prog=prog, description=desc)
+    else:
+        cfg = tyro.cli(cls, default=start, args=rest, prog=prog, description=desc)
     validate_config(cfg)
     return cfg
-

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from data_helpers import make_video, tiny_gen_config
 
 os.environ.setdefault("MUJOCO_GL", "egl")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from defi.config import ConfigError, from_dict, validate_config
-from defi.data import DATA_PRESETS, DataConfig, build_clip_dataset
+from defi.data import DataConfig, build_clip_dataset
 from defi.data.clips import ClipDataset, split_episodes, subsample_episodes
 from defi.data.mixture import MixtureDataset
 from defi.data.store import EpisodeStore
@@ -159,6 +159,6 @@ def test_data_config_validation():
     assert cfg.sources == [("a", 2.0), ("b", 1.0)]
     with pytest.raises(ConfigError, match="sources"):
         from_dict(DataConfig, {"sources": [["a", -1.0]]})
-    assert set(DATA_PRESETS) == {"tiny", "small", "paper"}
-    for preset in DATA_PRESETS.values():
-        validate_config(preset())
+    assert DataConfig.preset_names() == ("tiny", "small", "paper")
+    for name in DataConfig.preset_names():
+        validate_config(DataConfig.preset(name))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from data_helpers import TINY_TASKS, tiny_gen_config
+
 from defi.data.sources.metaworld import episode_key, generate_metaworld, rollout
 from defi.data.store import EpisodeStore
 from defi.errors import DefiError

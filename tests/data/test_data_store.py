@@ -68,7 +68,7 @@ def test_info_and_preview_cli(mw_store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "episodes     4" in out and "reach-v3 (2)" in out
     gif = tmp_path / "p.gif"
-    assert main(["data", "preview", str(mw_store), "--out", str(gif), "--episodes", "0,2", "--max-frames", "20"]) == 0
+    assert main(["data", "preview", str(mw_store), "--out", str(gif), "--episodes", "0", "2", "--max-frames", "20"]) == 0
     import imageio.v3 as iio
 
     frames = iio.imread(gif)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from data_helpers import make_video
+
 from defi.data.sources.videos import ingest_videos, read_captions
 from defi.data.store import EpisodeStore
 from defi.errors import DefiError

@@ -4,6 +4,6 @@ Import what you need from the submodules (`defi.data.config`, `defi.data.clips`,
 names below are the ones training stages use.
 """
 
-from defi.data.config import DATA_PRESETS, DataConfig, build_clip_dataset
+from defi.data.config import DataConfig, build_clip_dataset
 
-__all__ = ["DATA_PRESETS", "DataConfig", "build_clip_dataset"]
+__all__ = ["DataConfig", "build_clip_dataset"]

@@ -50,6 +50,13 @@ def split_episodes(num_episodes: int, split: str, val_fraction: float, seed: int
     return np.sort(chosen)
 
 
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """`k` indices spread evenly over range(n) (all of them when n <= k): held-out clips to score or draw."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+
+
 def _stats_to_torch(stats: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
     return None if stats is None else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats.items()}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from defi.config import Config
+from defi.config import Config, preset
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -61,21 +61,22 @@ class DataConfig(Config):
         self.check(0.0 < self.episode_fraction <= 1.0, "episode_fraction", "a fraction in (0, 1]")
 
 
-def data_tiny() -> DataConfig:
+@preset(DataConfig, "tiny")
+def _tiny() -> DataConfig:
     return DataConfig(sources=[("data/metaworld-tiny", 1.0)], future_frames=4, action_horizon=4, val_fraction=0.25)
 
 
-def data_small() -> DataConfig:
+@preset(DataConfig, "small")
+def _small() -> DataConfig:
     return DataConfig()
 
 
-def data_paper() -> DataConfig:
+@preset(DataConfig, "paper")
+def _paper() -> DataConfig:
     # Paper scale: 256x256 frames, 16 predicted frames (SVD), both views.
     return DataConfig(sources=[("data/metaworld-mt50", 1.0)], cameras=("corner", "gripperPOV"), image_size=256,
                       future_frames=16, action_horizon=16)
 
-
-DATA_PRESETS = {"tiny": data_tiny, "small": data_small, "paper": data_paper}
 
 
 def build_clip_dataset(cfg: DataConfig, split: str) -> Dataset:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 
+from defi.config import Config
 from defi.data.store import IMAGE_PREFIX, EpisodeStore
 from defi.errors import DefiError
 
@@ -52,7 +55,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"(episode length min {s['episode_length']['min']}, mean {s['episode_length']['mean']:.1f}, "
         f"max {s['episode_length']['max']})",
         f"cameras      {', '.join(s['cameras'])} at {s['image_size'][0]}x{s['image_size'][1]}",
-        f"features     " + ", ".join(f"{k} {v}" for k, v in s["features"].items()),
+        "features     " + ", ".join(f"{k} {v}" for k, v in s["features"].items()),
         f"tasks        {len(s['tasks'])}: " + ", ".join(f"{k} ({v})" for k, v in s["tasks"].items()),
         "success      " + ("n/a (no success labels)" if s["success_rate"] is None else
                             f"{100 * s['success_rate']:.1f}% of kept episodes; expert succeeded in "
@@ -97,34 +100,33 @@ def write_preview(root: str | Path, out: str | Path, episodes: list[int] | None 
     return out
 
 
-def info_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="defi data info", description="Summarise an episode store.")
-    parser.add_argument("dir", type=Path)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
-    summary = store_summary(args.dir)
-    if args.json:
-        import json
+@dataclass
+class InfoConfig(Config):
+    """`defi data info`: summarise an episode store."""
 
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_summary(summary))
-    return 0
+    store: Annotated[Path, tyro.conf.Positional]
+    json: bool = False
+    """Print JSON instead of text."""
 
 
-def preview_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="defi data preview", description="Write a GIF of some episodes.")
-    parser.add_argument("dir", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="output .gif")
-    parser.add_argument("--episodes", default=None, help="comma-separated episode indices (default: one per task)")
-    parser.add_argument("--max-frames", type=int, default=200)
-    args = parser.parse_args(argv)
-    episodes = None
-    if args.episodes:
-        try:
-            episodes = [int(x) for x in args.episodes.split(",") if x.strip()]
-        except ValueError:
-            raise DefiError(f"--episodes {args.episodes!r}: expected comma-separated integers") from None
-    path = write_preview(args.dir, args.out, episodes, max_frames=args.max_frames)
+def info(cfg: InfoConfig) -> dict[str, Any]:
+    summary = store_summary(cfg.store)
+    print(json.dumps(summary, indent=2) if cfg.json else format_summary(summary))
+    return summary
+
+
+@dataclass
+class PreviewConfig(Config):
+    """`defi data preview`: write a GIF of some episodes of a store."""
+
+    store: Annotated[Path, tyro.conf.Positional]
+    out: Path = Path("preview.gif")
+    episodes: tuple[int, ...] = ()
+    """Episode indices to show (default: one per task)."""
+    max_frames: int = 200
+
+
+def preview(cfg: PreviewConfig) -> Path:
+    path = write_preview(cfg.store, cfg.out, list(cfg.episodes) or None, max_frames=cfg.max_frames)
     print(f"wrote {path}")
-    return 0
+    return path

@@ -1,7 +1,8 @@
-"""Per-component inference latency of a DeFI policy, shaped like paper Table 13, plus the whole `act` step.
+"""Per-component inference latency of a policy, shaped like paper Table 13, plus the whole `act` step.
 
 Batch 1, the policy's own cameras; each figure is the median of `repeats` timed calls after three warm-up calls.
-Used by `benchmarks/bench_policy.py` (random weights at a preset) and by the demo report (the finetuned policy).
+The components are the policy's own (`policy.timed_parts(batch)`), so this module knows nothing of how a policy
+is built. Used by `benchmarks/bench_policy.py` (random weights at a preset) and by the demo report.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from defi.policies.base import observation_to_batch, policy_metadata
 
 WHOLE_STEP = "whole act() step"
 
@@ -30,38 +33,18 @@ def timed(fn, repeats: int) -> float:
 
 def policy_latency(policy: Any, repeats: int = 20, instruction: str = "push the puck to the goal") -> dict[str, Any]:
     """{"rows": {component: ms}, "whole_ms", "sum_of_parts_ms", "threads", "parameters_m": {part: M}}."""
-    cfg = policy.config
+    meta = policy_metadata(policy)
     policy.eval()
-    size = cfg.image_size
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (1, len(cfg.cameras), 3, size, size), dtype=torch.uint8, generator=gen)
-    words = [instruction]
-    obs = {f"observation.images.{c}": images[0, i].permute(1, 2, 0).numpy() for i, c in enumerate(cfg.cameras)}
-    obs["observation.state"] = np.zeros(cfg.state_dim, np.float32)
-    state = torch.zeros(1, cfg.state_dim) if cfg.state_dim else None
+    h, w = meta.image_size
+    rng = np.random.default_rng(0)
+    obs = {f"observation.images.{c}": rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in meta.cameras}
+    obs["observation.state"] = np.zeros(meta.state_dim, np.float32)
+    batch = observation_to_batch(obs, instruction, meta, policy.device)
     with torch.no_grad():
-        feats = policy.gfdm.extract_features(images, words)
-        feats.pop("latents")
-        tokens, cond = policy.condition(images, words, state)
-        frame_enc = policy.frame_encoder()
-        current = frame_enc(images[:, cfg.gidm_view])
-        text_tokens = text_mask = None
-        if cfg.inverse.text_dim:
-            emb = policy.text_encoder(cfg.inverse_text).encode(words)
-            text_tokens, text_mask = emb.tokens, emb.mask
-        future_in = torch.zeros(1, current.shape[1], policy.future_mlp[0].in_features)
-        rows = {
-            "GFDM one-step features": timed(lambda: policy.gfdm.extract_features(images, words), repeats),
-            "frame encoder (frozen)": timed(lambda: frame_enc(images[:, cfg.gidm_view]), repeats),
-            "Video Former": timed(lambda: policy.video_former(feats), repeats),
-            "MLP + GIDM encoder": timed(lambda: policy.gidm.infer_latent_actions(
-                current, current + policy.future_mlp(future_in), text_tokens, text_mask), repeats),
-            f"adapter ({cfg.adapter.num_sampling_steps}-step sampling)": timed(
-                lambda: policy.adapter.sample(tokens, cond), repeats),
-        }
+        rows = {name: timed(fn, repeats) for name, fn in policy.timed_parts(batch).items()}
     whole = timed(lambda: policy.act(obs, instruction), repeats)
-    params = {name: sum(p.numel() for p in getattr(policy, name).parameters()) / 1e6
-              for name in ("gfdm", "gidm", "video_former", "adapter")}
+    parts = getattr(policy, "components", ()) or tuple(name for name, _ in policy.named_children())
+    params = {name: sum(p.numel() for p in getattr(policy, name).parameters()) / 1e6 for name in parts}
     return {"rows": rows, "whole_ms": whole, "sum_of_parts_ms": sum(rows.values()),
             "threads": torch.get_num_threads(), "repeats": repeats, "parameters_m": params}
 

@@ -18,6 +18,9 @@ API_KEY_ENV = "DEFI_API_KEY"
 
 @dataclass(kw_only=True)
 class ServeCommand(ServeConfig):
+    """`defi serve`: serve a saved policy over websockets + msgpack (openpi's protocol) to robot clients. The API
+    key may also be given in the DEFI_API_KEY environment variable."""
+
     checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(
         metavar="CHECKPOINT", help="a saved policy directory (or a run directory holding model/)")]
 
@@ -27,10 +30,7 @@ def build_server(checkpoint: str | Path, config: ServeConfig) -> PolicyServer:
     return PolicyServer(load_policy(checkpoint, device=config.device), config)
 
 
-def serve_main(argv: list[str]) -> int:
-    cmd = tyro.cli(ServeCommand, args=argv, prog="defi serve", description=(
-        "Serve a saved policy over websockets + msgpack (openpi's protocol) to robot clients. "
-        f"The API key may also be given in the {API_KEY_ENV} environment variable."))
+def run(cmd: ServeCommand) -> int:
     fields = {k: v for k, v in vars(cmd).items() if k != "checkpoint"}
     config = ServeConfig(**fields)
     if config.api_key is None and os.environ.get(API_KEY_ENV):
@@ -39,9 +39,9 @@ def serve_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # defi.serve logs each connection already
     server = build_server(cmd.checkpoint, config)
-    print(f"defi serve: {server.metadata.get('policy_type', type(server.policy).__name__)} from {cmd.checkpoint} "
-          f"on ws://{config.host}:{config.port} (device {server.metadata['server']['device']}, "
-          f"auth {'on' if config.api_key else 'off'}); Ctrl-C stops", flush=True)
+    print(f"defi serve: {server.metadata.get('policy_type')} from {cmd.checkpoint} on ws://{config.host}:"
+          f"{config.port} (device {server.metadata['server']['device']}, auth {'on' if config.api_key else 'off'}); "
+          "Ctrl-C stops", flush=True)
     server.run()
     print("defi serve: stopped", flush=True)
     return 0

@@ -12,7 +12,8 @@ does: the traceback as a text frame, then close code 1011. The server itself alw
 
 Inference runs on one worker thread, off the event loop, so a slow `act` never stalls other connections'
 handshakes, error replies or keepalive pings; requests from all connections are served in arrival order on that
-thread (one model, one device). Each connection owns a fork of the policy (`defi.serve.sessions`).
+thread (one model, one device). Each connection owns a fork of the policy (`policy.fork()`: its own episode
+state, every weight shared with the loaded policy, so a connection costs no weight memory).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import threading
 import time
 import traceback
 from collections import Counter
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from websockets.frames import CloseCode
 
 from defi.config import Config
 from defi.errors import DefiError
+from defi.policies.base import policy_metadata
 from defi.serve.protocol import (
     IMAGE_PREFIX,
     INSTRUCTION_KEYS,
@@ -52,7 +54,6 @@ from defi.serve.protocol import (
     parse_request,
     unpackb,
 )
-from defi.serve.sessions import fork_policy
 
 logger = logging.getLogger("defi.serve")
 
@@ -125,10 +126,10 @@ class PolicyServer:
         self.config = config or ServeConfig()
         self.config.validate()
         self.policy = policy  # the template every connection forks; never acted on itself
-        policy_metadata = dict(policy.metadata)
-        self.spec = RequestSpec.from_metadata(policy_metadata)
+        meta = policy_metadata(policy).to_dict()
+        self.spec = RequestSpec.from_metadata(meta)
         self.metadata = {
-            **_to_wire(policy_metadata),
+            **_to_wire(meta),
             "server": {
                 "name": "defi",
                 "protocol": PROTOCOL,
@@ -145,7 +146,10 @@ class PolicyServer:
             self._metadata_frame = packb(self.metadata)
         except (TypeError, ValueError) as err:
             raise DefiError(f"{type(policy).__name__}.metadata cannot be sent as msgpack ({err})") from None
-        fork_policy(policy)  # fail at start-up, not on the first connection, if the policy cannot be forked
+        if not callable(getattr(policy, "fork", None)):
+            raise DefiError(f"{type(policy).__name__} cannot be served: it has no fork() (the policy protocol of "
+                            "defi.policies.base; each connection drives its own fork)")
+        policy.fork()  # fail at start-up, not on the first connection, if the policy cannot be forked
         self.stats: Counter[str] = Counter()
         self.port: int | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -186,7 +190,7 @@ class PolicyServer:
         try:
             await ws.send(self._metadata_frame)
             # not on the inference thread: a new robot must not wait for others' inference to get connected
-            session = await loop.run_in_executor(None, fork_policy, self.policy)
+            session = self.policy.fork()  # a shallow copy: cheap enough for the event loop
             prev_total_s = None
             while True:
                 message = await ws.recv()

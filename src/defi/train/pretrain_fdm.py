@@ -5,31 +5,28 @@ Trains with the shared `Trainer` on any map-style clip dataset (the defi.data co
 `trainer.eval_every` steps (and at the end) it samples futures for a fixed set of held-out clips with the
 multi-step sampler and with one denoising step, writes `gifs/step_NNNNNNN.gif` (per clip and view:
 real | sampled | one-step, frame 0 = o_t), and logs decoded-pixel MSE / PSNR of both and of the
-copy-the-current-frame baseline. The run ends with
-`model/` (from_pretrained-loadable) and `metrics.json`.
+copy-the-current-frame baseline. The run ends with `model/` (from_pretrained-loadable) and `metrics.json`
+(the stage contract of `defi.train.stage`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from defi.config import Config, parse_cli
+from defi.config import Config, preset, replace
+from defi.data import DataConfig
+from defi.data.clips import evenly_spaced
 from defi.errors import ConfigError
-from defi.data.config import DataConfig, data_paper, data_small, data_tiny
-from defi.models.forward.config import ForwardDynamicsConfig
-from defi.models.forward.config import paper as model_paper
-from defi.models.forward.config import small as model_small
-from defi.models.forward.config import tiny as model_tiny
-from defi.models.forward.model import ForwardDynamicsModel, build_forward_model, to_uint8
-from defi.train.trainer import Trainer, TrainerConfig
+from defi.models.forward import ForwardDynamicsConfig, ForwardDynamicsModel, build_forward_model, to_uint8
+from defi.models.forward.pipeline import predict_one_step, sample_future
+from defi.train.stage import Datasets, StageConfig, StageRunner, parameter_counts, stage_datasets, stage_metrics
+from defi.train.trainer import TrainerConfig
 
 
 @dataclass
@@ -49,18 +46,15 @@ class ForwardEvalConfig(Config):
 
 def _data_small_fdm() -> DataConfig:
     # 4 future frames 3 control steps apart: 0.15 s ahead in all at Meta-World's 80 Hz control
-    cfg = data_small()
-    cfg.future_frames, cfg.future_stride = 4, 3
-    return cfg
+    return replace(DataConfig.preset("small"), future_frames=4, future_stride=3)
 
 
 @dataclass
-class PretrainFDMConfig(Config):
-    model: ForwardDynamicsConfig = field(default_factory=model_small)
-    data: DataConfig = field(default_factory=_data_small_fdm)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: ForwardEvalConfig = field(default_factory=ForwardEvalConfig)
+class PretrainFDMConfig(StageConfig):
     run_dir: Path = Path("runs/pretrain-fdm/small")
+    model: ForwardDynamicsConfig = field(default_factory=lambda: ForwardDynamicsConfig.preset("small"))
+    data: DataConfig = field(default_factory=_data_small_fdm)
+    eval: ForwardEvalConfig = field(default_factory=ForwardEvalConfig)
 
     def validate(self) -> None:
         for key in ("future_frames", "image_size"):
@@ -72,12 +66,12 @@ class PretrainFDMConfig(Config):
                                   "have the frames the model predicts)")
 
 
-def preset_tiny() -> PretrainFDMConfig:
-    data = data_tiny()
-    data.future_frames, data.image_size = model_tiny().num_frames, model_tiny().image_size
+@preset(PretrainFDMConfig, "tiny")
+def _tiny() -> PretrainFDMConfig:
+    model = ForwardDynamicsConfig.preset("tiny")
     return PretrainFDMConfig(
-        model=model_tiny(),
-        data=data,
+        model=model,
+        data=replace(DataConfig.preset("tiny"), future_frames=model.num_frames, image_size=model.image_size),
         trainer=TrainerConfig(max_steps=4, batch_size=2, warmup_steps=0, ema_decay=0.0, checkpoint_every=4,
                               log_every=2, eval_every=2, progress=False, mixed_precision="no"),
         eval=ForwardEvalConfig(clips=2, gif_clips=2, batch_size=2, sample_steps=2),
@@ -85,24 +79,23 @@ def preset_tiny() -> PretrainFDMConfig:
     )
 
 
-def preset_small() -> PretrainFDMConfig:
+@preset(PretrainFDMConfig, "small")
+def _small() -> PretrainFDMConfig:
     # short CPU runs: no EMA (a 0.999 EMA without warm-up would still sit near the initial weights after the
     # few hundred steps such a run makes); fp32 because bf16 autocast is not faster for these small convs on CPU
     return PretrainFDMConfig(
-        model=model_small(),
-        data=_data_small_fdm(),
         trainer=TrainerConfig(max_steps=800, batch_size=8, lr=1e-3, warmup_steps=20, ema_decay=0.0,
                               checkpoint_every=100, log_every=10, eval_every=200, mixed_precision="no"),
         eval=ForwardEvalConfig(clips=32, gif_clips=4, batch_size=16),
-        run_dir=Path("runs/pretrain-fdm/small"),
     )
 
 
-def preset_paper() -> PretrainFDMConfig:
+@preset(PretrainFDMConfig, "paper")
+def _paper() -> PretrainFDMConfig:
     # appendix A.2, Table 10: batch 32, lr 1e-4, weight decay 1e-2, AdamW
     return PretrainFDMConfig(
-        model=model_paper(),
-        data=data_paper(),
+        model=ForwardDynamicsConfig.preset("paper"),
+        data=DataConfig.preset("paper"),
         trainer=TrainerConfig(max_steps=100_000, batch_size=32, lr=1e-4, weight_decay=1e-2, warmup_steps=500,
                               ema_decay=0.9999, checkpoint_every=2000, eval_every=2000),
         eval=ForwardEvalConfig(clips=64, gif_clips=4, batch_size=8, sample_steps=20),
@@ -110,17 +103,7 @@ def preset_paper() -> PretrainFDMConfig:
     )
 
 
-PRESETS = {"tiny": preset_tiny, "small": preset_small, "paper": preset_paper}
-
-
 # ------------------------------------------------------------------------------------------------ evaluation
-def evenly_spaced(n_items: int, count: int) -> list[int]:
-    if n_items <= 0:
-        raise ValueError("the held-out dataset is empty")
-    count = min(count, n_items)
-    return sorted({int(i) for i in np.linspace(0, n_items - 1, count).round()})
-
-
 @torch.no_grad()
 def evaluate_predictions(
     model: ForwardDynamicsModel,
@@ -152,8 +135,8 @@ def evaluate_predictions(
         mask = batch["future_mask"].to(device).to(torch.float64)  # [b f]
         instructions = list(batch["instruction"])
         preds = {
-            "model": to_uint8(model.sample(images, instructions, num_steps=sample_steps, generator=generator)),
-            "one_step": to_uint8(model.predict_one_step(images, instructions)),
+            "model": to_uint8(sample_future(model, images, instructions, num_steps=sample_steps, generator=generator)),
+            "one_step": to_uint8(predict_one_step(model, images, instructions)),
             "copy": images.unsqueeze(2).expand_as(real),
         }
         real_f = real.double() / 255
@@ -198,7 +181,8 @@ def write_prediction_gif(path: str | Path, images: torch.Tensor, real: torch.Ten
     return path
 
 
-def make_eval_fn(run_dir: Path, eval_dataset: Dataset, cfg: ForwardEvalConfig):
+def make_eval_fn(run_dir: Path | None, eval_dataset: Dataset, cfg: ForwardEvalConfig):
+    """The stage's evaluation; GIFs are written into run_dir/gifs (none when run_dir is None: other ranks)."""
     indices = evenly_spaced(len(eval_dataset), cfg.clips)
     last: dict[str, Any] = {}
 
@@ -206,7 +190,7 @@ def make_eval_fn(run_dir: Path, eval_dataset: Dataset, cfg: ForwardEvalConfig):
         metrics, kept = evaluate_predictions(
             model, eval_dataset, indices, cfg.batch_size, cfg.sample_steps or None, cfg.seed, keep=cfg.gif_clips
         )
-        if kept:
+        if kept and run_dir is not None:
             write_prediction_gif(run_dir / "gifs" / f"step_{step:07d}.gif", kept["images"], kept["real"],
                                  kept["model"], kept["one_step"])
         last.clear()
@@ -218,45 +202,25 @@ def make_eval_fn(run_dir: Path, eval_dataset: Dataset, cfg: ForwardEvalConfig):
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def run_pretrain_fdm(
-    cfg: PretrainFDMConfig, train_dataset: Dataset, eval_dataset: Dataset, resume: bool = False
-) -> dict[str, Any]:
-    """Train the GFDM, save `run_dir/model`, write `run_dir/metrics.json`; returns the metrics dict."""
-    run_dir = Path(cfg.run_dir)
-    if len(eval_dataset) == 0:
+def run(cfg: PretrainFDMConfig, datasets: Datasets | None = None) -> dict[str, Any]:
+    """Train the GFDM (the stage contract of `defi.train.stage`): "train" and "val" (held out) clip datasets."""
+    data = stage_datasets(cfg, datasets)
+    if len(data["val"]) == 0:
         raise ConfigError("data.val_fraction: the held-out split has no clips; expected a fraction that leaves at "
                           "least one episode (and a source with at least two episodes)")
-    model = build_forward_model(cfg.model)
-    eval_fn = make_eval_fn(run_dir, eval_dataset, cfg.eval)
-    trainer = Trainer(cfg.trainer, run_dir, model, train_dataset, eval_fn=eval_fn, stage_config=cfg)
-    result = trainer.fit(resume=resume)
-    trained = trainer.unwrapped_model
-    trained.save_pretrained(run_dir / "model")
-    metrics = {
-        "held_out": dict(eval_fn.last),
-        "train": {k: v for k, v in result.items() if not k.startswith("eval/")},
-        "train_clips": len(train_dataset),
-        "held_out_clips_total": len(eval_dataset),
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    runner = StageRunner("pretrain-fdm", cfg)
+    model = build_forward_model(cfg.model, runner.device)
+    eval_fn = make_eval_fn(runner.run_dir if runner.is_main else None, data["val"], cfg.eval)
+    trained, result = runner.train(model, data["train"], eval_fn)
+    metrics = stage_metrics("pretrain-fdm", cfg, result, eval_fn.last, len(data["train"]), len(data["val"]),
+                            parameter_counts(trained))
+    runner.save(trained)
+    return runner.finish(metrics)
 
 
-def pretrain_fdm_main(argv: list[str]) -> int:
-    """`defi pretrain-fdm [--preset P] [--config F.json] [--resume] [--model.* --data.* --trainer.* --eval.* ...]`."""
-    from defi.data.config import build_clip_dataset
-
-    argv = list(argv)
-    resume = "--resume" in argv
-    argv = [a for a in argv if a != "--resume"]
-    cfg = parse_cli(PretrainFDMConfig, argv, PRESETS, prog="defi pretrain-fdm",
-                    description="Pretrain the General Forward Dynamics Model (video diffusion) on clip stores. "
-                                "Pass --resume to continue the run in --run-dir from its latest checkpoint.")
-    train = build_clip_dataset(cfg.data, "train")
-    held_out = build_clip_dataset(cfg.data, "val")
-    metrics = run_pretrain_fdm(cfg, train, held_out, resume=resume)
+def summary(metrics: dict[str, Any]) -> str:
+    """The line `defi pretrain-fdm` prints."""
     held = metrics["held_out"]
-    print(f"held-out future-frame MSE (decoded pixels, [0,1]): model {held['model_mse']:.5f} "
-          f"({held['model_psnr']:.2f} dB), one-step {held['one_step_mse']:.5f}, copy-current-frame "
-          f"{held['copy_mse']:.5f} ({held['copy_psnr']:.2f} dB); written to {cfg.run_dir / 'metrics.json'}")
-    return 0
+    return (f"held-out future-frame MSE (decoded pixels, [0,1]): model {held['model_mse']:.5f} "
+            f"({held['model_psnr']:.2f} dB), one-step {held['one_step_mse']:.5f}, copy-current-frame "
+            f"{held['copy_mse']:.5f} ({held['copy_psnr']:.2f} dB)")

@@ -29,8 +29,8 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -169,14 +169,15 @@ def _allow_new_precision(mixed_precision: str) -> None:
         GradientState._reset_state()
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+def make_accelerator(config: TrainerConfig):
+    """The stage's `Accelerator` (CUDA when present, else CPU; the config's mixed precision). A stage creates it
+    first, so that frozen encoders and caches are built on the device accelerate chose."""
+    from accelerate import Accelerator
+
+    mixed_precision = resolve_mixed_precision(config.mixed_precision)
+    _allow_new_precision(mixed_precision)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                       step_scheduler_with_optimizer=False)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -199,21 +200,15 @@ class Trainer:
         collate_fn: Callable | None = None,
         eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
         stage_config: Any | None = None,
+        accelerator: Any | None = None,
     ):
-        from accelerate import Accelerator
-
         self.config = config
         self.run_dir = Path(run_dir)
         self.eval_fn = eval_fn
         self.collate_fn = collate_fn
         self.dataset = train_dataset
-        self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
-        _allow_new_precision(self.mixed_precision)
-        self.accelerator = Accelerator(
-            mixed_precision=self.mixed_precision,
-            cpu=not torch.cuda.is_available(),
-            step_scheduler_with_optimizer=False,
-        )
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
+        self.mixed_precision = str(self.accelerator.mixed_precision)
         self._check_run_dir()
         if stage_config is not None and self.accelerator.is_main_process:
             save_config(stage_config, self.run_dir / "config.json")
@@ -352,7 +347,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        from accelerate.utils import set_seed
+        from accelerate.utils import send_to_device, set_seed
 
         cfg, acc = self.config, self.accelerator
         existing = list_checkpoints(self.run_dir)
@@ -409,7 +404,7 @@ class Trainer:
             while self.state.step < cfg.max_steps:
                 step_sums: dict[str, float] = {}
                 for micro in range(cfg.grad_accum_steps):
-                    batch = _to_device(next(batches), acc.device)
+                    batch = send_to_device(next(batches), acc.device, non_blocking=True)
                     sync = micro == cfg.grad_accum_steps - 1
                     ctx = acc.no_sync(model) if not sync else nullcontext()
                     with ctx:

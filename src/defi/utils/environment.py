@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
+
+from defi.config import Config
 
 
 def cpu_supports_bf16() -> bool:
@@ -18,7 +20,11 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def best_device() -> str:
+def resolve_device(device: str = "auto") -> str:
+    """The one place a device is chosen outside training (where accelerate chooses): "auto" -> "cuda" when a GPU
+    is visible, else "cpu"; anything else is passed through."""
+    if device != "auto":
+        return device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,7 +46,7 @@ def environment_info() -> dict[str, object]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": __import__("os").cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device": best_device(),
+        "device": resolve_device(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_bf16": cpu_supports_bf16(),
         "versions": versions,
@@ -56,9 +62,12 @@ def _installed(name: str) -> bool:
         return False
 
 
-def env_main(argv: Sequence[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: defi env\n\nPrint versions, device and mixed-precision support as JSON.")
-        return 0
-    print(json.dumps(environment_info(), indent=2))
-    return 0
+@dataclass
+class EnvConfig(Config):
+    """`defi env`: print versions, device and mixed-precision support as JSON."""
+
+
+def run(cfg: EnvConfig) -> dict[str, object]:
+    info = environment_info()
+    print(json.dumps(info, indent=2))
+    return info

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from defi.config import Config, parse_cli
+from defi.config import Config, preset
 from defi.errors import DefiError
 
 SOURCE = "metaworld"
@@ -68,21 +68,22 @@ class MetaWorldGenConfig(Config):
         self.check(0.0 < self.mesh_detail <= 1.0, "mesh_detail", "a fraction in (0, 1] (1 = the original meshes)")
 
 
-def _preset_tiny() -> MetaWorldGenConfig:
+@preset(MetaWorldGenConfig, "tiny")
+def _tiny() -> MetaWorldGenConfig:
     return MetaWorldGenConfig(out=Path("data/metaworld-tiny"), tasks="reach,button-press", episodes_per_task=2,
                               cameras=("corner",), max_steps=150)
 
 
-def _preset_small() -> MetaWorldGenConfig:
+@preset(MetaWorldGenConfig, "small")
+def _small() -> MetaWorldGenConfig:
     return MetaWorldGenConfig()
 
 
-def _preset_paper() -> MetaWorldGenConfig:
+@preset(MetaWorldGenConfig, "paper")
+def _paper() -> MetaWorldGenConfig:
     # 256x256 frames feed the paper-scale forward model (SVD at 256x256) without upsampling.
     return MetaWorldGenConfig(out=Path("data/metaworld-mt50"), tasks="MT50", episodes_per_task=100, image_size=256)
 
-
-PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper}
 
 
 @dataclass
@@ -317,9 +318,8 @@ def generate_metaworld(cfg: MetaWorldGenConfig) -> GenerationReport:
     return report
 
 
-def metaworld_main(argv: list[str]) -> int:
-    cfg = parse_cli(MetaWorldGenConfig, argv, PRESETS, prog="defi data metaworld",
-                    description=MetaWorldGenConfig.__doc__)
+def run(cfg: MetaWorldGenConfig) -> GenerationReport:
+    """`defi data metaworld`: generate (or resume) the store and print its summary."""
     report = generate_metaworld(cfg)
     print(report.summary())
-    return 0
+    return report

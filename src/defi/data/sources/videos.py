@@ -12,16 +12,17 @@ naming the file; with `skip_bad` the row is skipped and counted instead. Episode
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 
+from defi.config import Config
 from defi.errors import DefiError
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -136,7 +137,7 @@ def decode_clip(path: Path, fps: float, size: int, start: float | None = None, e
 
         def emit_until(limit: float) -> None:
             nonlocal prev_rgb
-            while (target := t0 + len(out) / fps) < min(limit, stop) - 1e-6:
+            while t0 + len(out) / fps < min(limit, stop) - 1e-6:
                 if prev_rgb is None:
                     prev_rgb = _to_square(prev, size)
                 out.append(prev_rgb)
@@ -210,26 +211,37 @@ def ingest_videos(captions: str | Path, out: str | Path, fps: float = 10.0, size
     return report
 
 
-def videos_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="defi data videos",
-                                     description="Ingest a folder of videos with captions as action-free episodes.")
-    parser.add_argument("folder", type=Path, help="folder with the videos and captions.csv / captions.jsonl")
-    parser.add_argument("--captions", type=Path, default=None, help="captions file (default: FOLDER/captions.*)")
-    parser.add_argument("--out", type=Path, required=True, help="output store directory")
-    parser.add_argument("--fps", type=float, default=10.0, help="target frame rate (default 10)")
-    parser.add_argument("--size", type=int, default=64, help="square frame size in pixels (default 64)")
-    parser.add_argument("--camera", default="main", help="camera name of the view (default main)")
-    parser.add_argument("--source", default="videos", help="source tag stored with every episode")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or missing videos and go on")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    captions = args.captions
+@dataclass
+class VideosConfig(Config):
+    """`defi data videos`: ingest a folder of videos with captions as action-free episodes."""
+
+    folder: Annotated[Path, tyro.conf.Positional]
+    """Folder with the videos and captions.csv / captions.jsonl."""
+    out: Path = Path("data/videos")
+    """Output store directory (re-running with the same directory resumes)."""
+    captions: Path | None = None
+    """Captions file (default: FOLDER/captions.csv or FOLDER/captions.jsonl)."""
+    fps: float = 10.0
+    """Target frame rate."""
+    size: int = 64
+    """Square frame size in pixels."""
+    camera: str = "main"
+    """Camera name of the view."""
+    source: str = "videos"
+    """Source tag stored with every episode."""
+    skip_bad: bool = False
+    """Skip unreadable or missing videos (they are counted) instead of stopping."""
+    progress: bool = True
+
+
+def run(cfg: VideosConfig) -> IngestReport:
+    captions = cfg.captions
     if captions is None:
-        found = [args.folder / n for n in ("captions.csv", "captions.jsonl") if (args.folder / n).is_file()]
+        found = [cfg.folder / n for n in ("captions.csv", "captions.jsonl") if (cfg.folder / n).is_file()]
         if not found:
-            raise DefiError(f"{args.folder}: no captions.csv or captions.jsonl (pass --captions FILE)")
+            raise DefiError(f"{cfg.folder}: no captions.csv or captions.jsonl (pass --captions FILE)")
         captions = found[0]
-    report = ingest_videos(captions, args.out, fps=args.fps, size=args.size, camera=args.camera,
-                           source=args.source, skip_bad=args.skip_bad, progress=not args.no_progress)
+    report = ingest_videos(captions, cfg.out, fps=cfg.fps, size=cfg.size, camera=cfg.camera, source=cfg.source,
+                           skip_bad=cfg.skip_bad, progress=cfg.progress)
     print(report.summary())
-    return 0
+    return report

@@ -1,22 +1,8 @@
-"""The Diffusion-Transformer action adapter (DiT head that denoises action chunks) and action normalisation."""
+"""The Diffusion-Transformer action adapter: `configuration` (config + presets), `modeling` (the denoiser and its
+training loss), `sampler` (the 10-step sampling loop)."""
 
-from defi.models.adapter.config import (
-    ADAPTER_PRESETS,
-    ActionAdapterConfig,
-    adapter_paper,
-    adapter_small,
-    adapter_tiny,
-)
-from defi.models.adapter.dit import DiTActionAdapter, pad_masked_actions
-from defi.models.adapter.normalizer import ActionNormalizer
+from defi.models.adapter.configuration import ActionAdapterConfig
+from defi.models.adapter.modeling import DiTActionAdapter, pad_masked_actions
+from defi.models.adapter.sampler import make_sampler, sample_actions
 
-__all__ = [
-    "ADAPTER_PRESETS",
-    "ActionAdapterConfig",
-    "ActionNormalizer",
-    "DiTActionAdapter",
-    "adapter_paper",
-    "adapter_small",
-    "adapter_tiny",
-    "pad_masked_actions",
-]
+__all__ = ["ActionAdapterConfig", "DiTActionAdapter", "make_sampler", "pad_masked_actions", "sample_actions"]

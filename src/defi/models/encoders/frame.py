@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from defi.config import Config
-from defi.errors import CheckpointError
+from defi.errors import CheckpointError, ShapeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,7 +71,7 @@ class FrameEncoder(nn.Module):
 
     def _check(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"frame encoder expects images [B, 3, h, w], got {tuple(images.shape)}")
+            raise ShapeError(f"frame encoder: expected images [B, 3, h, w], got {list(images.shape)}")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -104,7 +104,8 @@ def _load_error(kind: str, name: str, err: Exception) -> CheckpointError:
     )
 
 
-def build_text_encoder(config: TextEncoderConfig, device: str | torch.device = "cpu") -> TextEncoder:
+def load_text_model(config: TextEncoderConfig, device: str | torch.device = "cpu") -> tuple[Any, nn.Module]:
+    """(tokenizer, frozen model) of a text encoder config, read offline."""
     from transformers import AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
 
     name = config.resolved_name()
@@ -116,4 +117,9 @@ def build_text_encoder(config: TextEncoderConfig, device: str | torch.device = "
         model = model_cls.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as err:
         raise _load_error(config.kind, name, err) from None
-    return TextEncoder(config, tokenizer, model).to(device)
+    return tokenizer, model.to(device).eval().requires_grad_(False)
+
+
+def build_text_encoder(config: TextEncoderConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    tokenizer, model = load_text_model(config, device)
+    return TextEncoder(config, tokenizer, model)

@@ -1,6 +1,6 @@
 """Video Former (VPP, Hu et al. 2024; DeFI §3.3): compresses the GFDM's one-step features into a fixed token set.
 
-Input: the feature maps of one or more denoiser blocks, each [n, f, C_l, h_l, w_l] (as `extract_features`
+Input: the feature maps of one or more denoiser blocks, each [n, f, C_l, h_l, w_l] (as `pipeline.one_step`
 returns them). Each block's channels are projected to `dim`, given a 2-D sin-cos position (diffusers'
 `get_2d_sincos_pos_embed`) and a learnt layer embedding, and the tokens of all blocks of a frame form that frame's
 memory. `num_queries` learnable queries per frame then alternate, per block of the former:
@@ -18,12 +18,14 @@ from einops import rearrange
 from torch import nn
 
 from defi.config import Config, validate_config
+from defi.errors import ShapeError
 from defi.models.base import PretrainedMixin
+from defi.models.layers import Attention
 
 
 @dataclass
 class VideoFormerConfig(Config):
-    # feature layer names and their channel widths, in order (see ForwardDynamicsModel.feature_channels())
+    # feature layer names and their channel widths, in order (see ForwardDynamicsConfig.feature_channels())
     layers: tuple[str, ...] = ("mid_block", "up_blocks.0")
     in_channels: tuple[int, ...] = (64, 64)
     num_frames: int = 4
@@ -53,9 +55,9 @@ class VideoFormerBlock(nn.Module):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
-        self.spatial = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.spatial = Attention(dim, heads)
         self.norm_t = nn.LayerNorm(dim)
-        self.temporal = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.temporal = Attention(dim, heads)
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -64,10 +66,10 @@ class VideoFormerBlock(nn.Module):
         """queries [(n f), q, d], memory [(n f), s, d], frame_embed [f, d] -> [(n f), q, d]."""
         q = self.norm_q(queries)
         m = self.norm_memory(memory)
-        queries = queries + self.spatial(q, m, m, need_weights=False)[0]
+        queries = queries + self.spatial(q, context=m)
         per_query = rearrange(queries, "(n f) q d -> (n q) f d", n=n)
         t = self.norm_t(per_query) + frame_embed
-        per_query = per_query + self.temporal(t, t, t, need_weights=False)[0]
+        per_query = per_query + self.temporal(t)
         queries = rearrange(per_query, "(n q) f d -> (n f) q d", n=n)
         return queries + self.mlp(self.norm_mlp(queries))
 
@@ -94,11 +96,11 @@ class VideoFormer(PretrainedMixin, nn.Module):
         n = f = None
         for i, name in enumerate(cfg.layers):
             if name not in features:
-                raise KeyError(f"VideoFormer expects feature layer {name!r}; got {sorted(features)}")
+                raise ShapeError(f"VideoFormer expects feature layer {name!r}; got {sorted(features)}")
             x = features[name]
             if x.ndim != 5 or x.shape[1] != cfg.num_frames or x.shape[2] != cfg.in_channels[i]:
-                raise ValueError(
-                    f"feature {name!r} must be [n, {cfg.num_frames}, {cfg.in_channels[i]}, h, w], got {tuple(x.shape)}"
+                raise ShapeError(
+                    f"feature {name!r}: expected [n, {cfg.num_frames}, {cfg.in_channels[i]}, h, w], got {list(x.shape)}"
                 )
             n, f, _, h, w = x.shape
             tokens = self.proj[i](rearrange(x, "n f c h w -> (n f) (h w) c").to(self.queries.dtype))
@@ -109,3 +111,10 @@ class VideoFormer(PretrainedMixin, nn.Module):
         for block in self.blocks:
             queries = block(queries, memory, self.frame_embed, n)
         return rearrange(self.norm(queries), "(n f) q d -> n (f q) d", n=n)
+
+
+def video_former_config(forward_config, **overrides) -> VideoFormerConfig:
+    """A `VideoFormerConfig` reading every feature layer a GFDM config exposes, at its real width."""
+    widths = forward_config.feature_channels()
+    return VideoFormerConfig(layers=tuple(widths), in_channels=tuple(widths.values()),
+                             num_frames=forward_config.num_frames, **overrides)

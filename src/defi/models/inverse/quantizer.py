@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from defi.models.inverse.config import QuantizerConfig
+from defi.models.inverse.configuration import QuantizerConfig
 
 
 class Quantized(NamedTuple):
