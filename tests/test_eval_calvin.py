@@ -5,6 +5,7 @@ a scripted oracle."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from defi.errors import ConfigError, DefiError
 from defi.eval import calvin as C
+from defi.policies.base import PolicyMetadata
 
 SCENE = {"led": 0, "lightbulb": 1, "slider": "left", "drawer": "closed", "red_block": "table",
          "blue_block": "slider_right", "pink_block": "table", "grasped": 0}
@@ -149,15 +151,19 @@ class ScriptedOracle:
 class StubPolicy:
     """A Policy API object: chunks of 4 actions, with values outside [-1, 1] to be clipped."""
 
-    metadata = {"cameras": ["static", "gripper"], "image_size": 32, "action_dim": 7, "action_horizon": 4,
-                "state_dim": 15}
+    metadata = PolicyMetadata("stub", cameras=["static", "gripper"], image_size=[32, 32], state_dim=15, action_dim=7,
+                              action_horizon=4)
 
     def __init__(self):
-        self.resets = 0
+        self.seeds: list[int | None] = []
         self.calls: list[tuple[dict, str]] = []
 
-    def reset(self):
-        self.resets += 1
+    @property
+    def resets(self) -> int:
+        return len(self.seeds)
+
+    def reset(self, seed=None):
+        self.seeds.append(seed)
 
     def act(self, observation, instruction):
         self.calls.append(({k: (v.shape, v.dtype) for k, v in observation.items()}, instruction))
@@ -195,6 +201,8 @@ def test_chains_run_in_order_and_stop_at_the_first_failure(tmp_path):
     assert [t for t, _ in oracle.asked] == [*CHAINS[0][1], "turn_on_led", "push_pink_block_left",
                                             "push_pink_block_left"]
     assert policy.resets == 8 and len(env.actions) == 25 + 15 + 12
+    # each subtask's sampling noise is seeded from (chain, subtask): shards and resumed runs repeat every action
+    assert policy.seeds == [0, 1, 2, 3, 4, 100, 101, 200]
     # a fresh chunk at each subtask start and every 4 steps (ceil(steps / 4) calls per subtask)
     assert len(policy.calls) == sum(-(-n // 4) for c in metrics["chains"] for n in c["steps"])
     assert policy.calls[0] == ({"observation.images.static": ((32, 32, 3), np.uint8),
@@ -261,7 +269,15 @@ def test_adapter_horizon_action_space_and_errors():
     pos, orn, grip = C.CalvinPolicyAdapter(StubPolicy(), actions="abs").step(obs, "x")
     assert pos.tolist() == [0.5, 3.0, -2.0] and grip == -1  # absolute poses are not clipped
     with pytest.raises(DefiError, match="action_dim=4"):
-        C.CalvinPolicyAdapter(type("P", (), {"metadata": {**StubPolicy.metadata, "action_dim": 4}})())
+        C.CalvinPolicyAdapter(type("P", (), {"metadata": replace(StubPolicy.metadata, action_dim=4)})())
+    with pytest.raises(DefiError, match="'static' and 'gripper' only"):
+        C.CalvinPolicyAdapter(type("P", (), {"metadata": replace(StubPolicy.metadata, cameras=["corner"])})())
+    # a policy without proprio input is not sent robot_obs; one with a non-square image size gets that size
+    blind = StubPolicy()
+    blind.metadata = replace(StubPolicy.metadata, state_dim=0, image_size=[24, 40])
+    C.CalvinPolicyAdapter(blind).step(obs, "x")
+    assert blind.calls[0][0] == {"observation.images.static": ((24, 40, 3), np.uint8),
+                                 "observation.images.gripper": ((24, 40, 3), np.uint8)}
     with pytest.raises(DefiError, match=r"rgb_obs\['rgb_gripper'\]"):
         C.CalvinPolicyAdapter(StubPolicy()).step({"rgb_obs": {"rgb_static": obs["rgb_obs"]["rgb_static"]}}, "x")
     bad = StubPolicy()
@@ -295,10 +311,12 @@ def test_without_calvin_env_the_run_says_how_to_install_it(tmp_path):
 def test_configs_validate():
     from defi.config import from_dict, validate_config
 
-    for preset in C.CALVIN_EVAL_PRESETS.values():
-        validate_config(preset())
-    paper = C.calvin_eval_paper().eval
-    assert (paper.num_chains, paper.steps_per_subtask, paper.actions) == (1000, 360, "rel")
+    assert C.CalvinEvalRunConfig.preset_names() == ("paper", "smoke")
+    assert C.CalvinEvalRunConfig.default_preset == "paper"
+    for name in C.CalvinEvalRunConfig.preset_names():
+        validate_config(C.CalvinEvalRunConfig.preset(name))
+    paper = C.CalvinEvalRunConfig.preset("paper").eval
+    assert (paper.num_chains, paper.steps_per_subtask, paper.actions, paper.seed) == (1000, 360, "rel", 0)
     with pytest.raises(ConfigError, match="shard"):
         from_dict(C.CalvinEvalConfig, {"shard": [2, 2]})
 
@@ -330,26 +348,27 @@ def test_oracle_table_binds_to_calvin_env_task_signatures():
 
 
 @pytest.mark.slow
-def test_run_calvin_eval_end_to_end_with_a_saved_defi_policy(tmp_path, monkeypatch):
-    """The command's wiring (simulator factory, oracle, load_policy, adapter, outputs) with a tiny random DeFI
-    policy at CALVIN's settings (static + gripper views, 7-d actions, 15-d state) and calvin_env replaced by
-    stand-in modules."""
+def test_finetune_on_calvin_then_eval_calvin(tmp_path, monkeypatch):
+    """The CALVIN path end to end at toy sizes: `finetune` reads a tiny split in CALVIN's layout in place (both
+    views resized, 7-d relative actions, 15-d robot_obs), saves the policy; `run_calvin_eval` loads it (load_policy)
+    and drives it through the protocol, with calvin_env replaced by stand-in modules."""
     import sys
     import types
 
-    import torch
+    from calvin_helpers import write_calvin_split
+    from defi.data.sources.calvin import data_calvin_tiny
+    from defi.policies.defi import DeFIConfig
+    from defi.train import finetune
 
-    from defi.config import replace
-    from defi.models.policy import DeFIPolicy, policy_tiny
-
-    cfg = policy_tiny()
-    cfg = replace(cfg, cameras=("static", "gripper"), action_dim=7, state_dim=15,
-                  adapter=replace(cfg.adapter, action_dim=7))
-    torch.manual_seed(0)
-    policy = DeFIPolicy(cfg)
-    policy.set_normalization({"mean": [0.0] * 7, "std": [1.0] * 7, "min": [-1.0] * 7, "max": [1.0] * 7},
-                             {"mean": [0.0] * 15, "std": [1.0] * 15, "min": [-1.0] * 15, "max": [1.0] * 15})
-    policy.save_pretrained(tmp_path / "policy")
+    root = tmp_path / "task_tiny"
+    write_calvin_split(root / "training")
+    base = DeFIConfig.preset("tiny")
+    policy_cfg = replace(base, cameras=("static", "gripper"), action_dim=7, state_dim=15,
+                         inverse=replace(base.inverse, camera="static"), adapter=replace(base.adapter, action_dim=7))
+    cfg = replace(finetune.FinetuneConfig.preset("tiny"), run_dir=tmp_path / "finetune", data=data_calvin_tiny(root),
+                  defi=policy_cfg, evaluate=False)
+    trained = finetune.run(cfg)
+    assert trained["data"]["train_clips"] > 0 and trained["train"]["loss"] > 0 and "closed_loop" not in trained
 
     class Tasks:  # calvin_env's constructor semantics; every subtask is done after 3 steps
         def __init__(self, tasks):
@@ -369,7 +388,7 @@ def test_run_calvin_eval_end_to_end_with_a_saved_defi_policy(tmp_path, monkeypat
     conf = tmp_path / "task_ABC_D" / "validation" / ".hydra" / "merged_config.yaml"
     conf.parent.mkdir(parents=True)
     conf.write_text("env: {}\n")
-    run_cfg = C.CalvinEvalRunConfig(policy=tmp_path / "policy", dataset=tmp_path / "task_ABC_D",
+    run_cfg = C.CalvinEvalRunConfig(policy=tmp_path / "finetune", dataset=tmp_path / "task_ABC_D",
                                     out_dir=tmp_path / "out", device="cpu",
                                     eval=C.CalvinEvalConfig(num_chains=2, steps_per_subtask=8, video_chains=0))
     metrics = C.run_calvin_eval(run_cfg)

@@ -1,6 +1,4 @@
-"""The CALVIN split reader on a tiny split written here in CALVIN's published layout (dataset/README.md):
-one compressed npz per step with every array the release has, ep_start_end_ids.npy, scene_info.npy and
-lang_annotations/auto_lang_ann.npy."""
+"""The CALVIN split reader on a tiny split in CALVIN's published layout (tests/calvin_helpers.py)."""
 
 from __future__ import annotations
 
@@ -9,55 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calvin_helpers import ANNOTATIONS, RANGES, frame_arrays, write_calvin_split
 from defi.errors import DefiError
-
-# Two play stretches with a gap in the frame numbering, as the released splits have between recordings.
-RANGES = [(0, 39), (100, 159)]
-# (start, end, task, instruction): the second window's end is the first frame after its play stretch (the
-# annotator writes start + window length), the third sits in the second stretch.
-ANNOTATIONS = [
-    (5, 25, "open_drawer", "pull the handle to open the drawer"),
-    (30, 40, "turn_on_led", "switch on the led"),
-    (110, 150, "lift_red_block_table", "grasp and lift the red block"),
-]
-
-
-def frame_arrays(i: int) -> dict[str, np.ndarray]:
-    """Frame i's arrays; the images carry i (channel 0: i % 256, channel 1: i // 256) so reads can be checked."""
-    static = np.zeros((200, 200, 3), np.uint8)
-    static[..., 0], static[..., 1] = i % 256, i // 256
-    gripper = np.zeros((84, 84, 3), np.uint8)
-    gripper[..., 0], gripper[..., 2] = i % 256, 7
-    rel = np.clip(np.array([0.01 * i, -0.02 * i, 0.5, 0.1, -0.1, 0.03 * i, 1.0 if i % 2 else -1.0]), -1, 1)
-    return {
-        "rgb_static": static,
-        "rgb_gripper": gripper,
-        "rgb_tactile": np.zeros((160, 120, 6), np.uint8),
-        "depth_static": np.zeros((200, 200), np.float32),
-        "depth_gripper": np.zeros((84, 84), np.float32),
-        "depth_tactile": np.zeros((160, 120, 2), np.float32),
-        "actions": np.array([0.1 * i, 0.2, 0.5, 3.1, 0.0, 1.5, rel[6]], np.float32),
-        "rel_actions": rel.astype(np.float32),
-        "robot_obs": np.arange(15, dtype=np.float32) + i,
-        "scene_obs": np.full(24, -i, np.float32),
-    }
-
-
-def write_calvin_split(split: Path) -> Path:
-    split.mkdir(parents=True)
-    for start, end in RANGES:
-        for i in range(start, end + 1):
-            np.savez_compressed(split / f"episode_{i:07d}.npz", **frame_arrays(i))
-    np.save(split / "ep_start_end_ids.npy", np.array(RANGES))
-    np.save(split / "scene_info.npy", {"calvin_scene_B": [0, 59], "calvin_scene_C": [60, 159]})
-    lang = split / "lang_annotations"
-    lang.mkdir()
-    np.save(lang / "auto_lang_ann.npy", {
-        "language": {"ann": [a[3] for a in ANNOTATIONS], "task": [a[2] for a in ANNOTATIONS],
-                     "emb": np.zeros((len(ANNOTATIONS), 1, 384), np.float32)},
-        "info": {"episodes": [], "indx": [(a[0], a[1]) for a in ANNOTATIONS]},
-    })
-    return split
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +126,11 @@ def test_clip_sampler_resizes_each_view_and_mixes_both_views(calvin_root):
     np.testing.assert_array_equal(item["state"].numpy(), np.arange(15) + 114)
     assert ds.action_stats["mean"].shape == (7,) and ds.state_stats["std"].shape == (15,)
 
-    from defi.data.sources.calvin import data_calvin_pretrain_paper
     from dataclasses import replace
 
-    mixed = build_clip_dataset(replace(cfg, sources=data_calvin_pretrain_paper(calvin_root).sources), "all")
+    from defi.data.sources.calvin import calvin_sources
+
+    mixed = build_clip_dataset(replace(cfg, sources=calvin_sources(calvin_root, play=True)), "all")
     assert mixed.names == ["calvin:lang_annotations", "calvin:training"]
     play_item = mixed[len(mixed.datasets[0]) + 45]  # play stretch 2, t = 5 -> frame 105
     assert not play_item["has_actions"] and play_item["instruction"] == ""
@@ -194,7 +146,7 @@ def test_views_of_different_sizes_need_an_image_size(calvin_root):
     assert native[0]["images"].shape == (1, 3, 84, 84)
 
 
-def test_presets_are_valid_configs():
+def test_data_configs_are_valid():
     from defi.config import validate_config
     from defi.data.sources.calvin import data_calvin_paper, data_calvin_pretrain_paper
 
@@ -204,6 +156,35 @@ def test_presets_are_valid_configs():
         assert cfg.interval_s == 1.0 and cfg.image_size == 256
     assert data_calvin_paper("/data/task_ABC_D").sources == [("/data/task_ABC_D/training/lang_annotations", 1.0)]
     assert data_calvin_pretrain_paper("/d").sources == [("/d/training/lang_annotations", 1.0), ("/d/training", 1.0)]
+    assert data_calvin_paper().sources == [("data/calvin/task_ABC_D/training/lang_annotations", 1.0)]
+
+
+def test_stage_presets_train_on_calvin_at_the_papers_sizes():
+    """`--preset calvin-paper` of the three stages (issue 16 item 3): CALVIN's views, 7-d actions, ~1 s at 30 Hz,
+    the paper's model sizes; the split root is the one flag to change."""
+    from defi.cli import parse
+    from defi.experiments.compare import CompareConfig
+    from defi.train.finetune import FinetuneConfig
+    from defi.train.pretrain_fdm import PretrainFDMConfig
+    from defi.train.pretrain_idm import PretrainIDMConfig
+
+    play = [("data/calvin/task_ABC_D/training/lang_annotations", 1.0), ("data/calvin/task_ABC_D/training", 1.0)]
+    fdm = PretrainFDMConfig.preset("calvin-paper")
+    assert fdm.model == PretrainFDMConfig.preset("paper").model and fdm.data.sources == play
+    assert fdm.data.cameras == ("static", "gripper") and (fdm.data.image_size, fdm.data.future_frames) == (256, 16)
+    idm = PretrainIDMConfig.preset("calvin-paper")
+    assert idm.model.camera == "static" and idm.data.cameras == ("static",) and idm.data.sources == play
+    assert idm.data.interval_s == 1.0 and idm.data.action_horizon == 30  # the probe target spans o_t -> o_t+30
+    ft = FinetuneConfig.preset("calvin-paper")
+    assert not ft.evaluate and ft.data.sources == play[:1] and ft.run_dir.name == "calvin"
+    d = ft.defi
+    assert (d.cameras, d.inverse.camera, d.state_dim, d.action_dim, d.image_size) == (("static", "gripper"),
+                                                                                       "static", 0, 7, 256)
+    assert d.forward == fdm.model and d.inverse == idm.model
+    assert "calvin-paper" not in CompareConfig.preset_names()  # compare evaluates on Meta-World only
+    for stage in ("pretrain-fdm", "pretrain-idm", "finetune"):
+        _, cfg = parse([stage, "--preset", "calvin-paper", "--data.sources", "/d/training", "1.0"])
+        assert cfg.data.sources == [("/d/training", 1.0)]
 
 
 def test_bad_inputs_name_the_file_and_what_was_expected(tmp_path):
@@ -241,3 +222,12 @@ def test_bad_inputs_name_the_file_and_what_was_expected(tmp_path):
         play.read(0, "observation.images.static", np.array([9]))
     with pytest.raises(DefiError, match="not a CALVIN split"):
         CalvinSource(tmp_path)
+
+
+def test_data_info_summarises_a_split_in_place(calvin_root, capsys):
+    from defi.cli import main
+
+    assert main(["data", "info", str(calvin_root / "training" / "lang_annotations")]) == 0
+    out = capsys.readouterr().out
+    assert "source       calvin" in out and "episodes     3" in out and "disk         n/a (read in place)" in out
+    assert "lift_red_block_table (1)" in out and "observation.images.gripper [84, 84, 3]" in out

@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from defi.config import Config, to_dict
+from defi.config import Config, preset, to_dict
 from defi.errors import DefiError
 
 NUM_CHAINS = 1000
@@ -400,19 +400,23 @@ class CalvinPolicyAdapter:
 
     def __init__(self, policy: Any, execute_steps: int | None = None, actions: Literal["rel", "abs"] = "rel",
                  clip: bool = True) -> None:
-        meta = dict(policy.metadata)
+        from defi.policies.base import policy_metadata  # torch: imported when a policy is driven
+
+        meta = policy_metadata(policy)
         self.policy = policy
-        self.cameras = list(meta.get("cameras", ("static", "gripper")))
-        size = meta.get("image_size", 200)
-        self.image_size = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(map(int, size))
-        self.state_dim = int(meta.get("state_dim", 0) or 0)
-        self.action_dim = int(meta.get("action_dim", 7))
+        self.cameras = list(meta.cameras)
+        h, w = meta.image_size
+        self.image_size = (int(h), int(w))
+        self.state_dim = int(meta.state_dim)
+        self.action_dim = int(meta.action_dim)
+        unknown = [c for c in self.cameras if c not in ("static", "gripper")]
+        if unknown:
+            raise DefiError(f"policy cameras {self.cameras}: CALVIN renders 'static' and 'gripper' only")
         if self.action_dim != 7:
             raise DefiError(f"policy action_dim={self.action_dim}: CALVIN needs 7 (position, euler angles, gripper)")
         if self.state_dim not in (0, 15):
             raise DefiError(f"policy state_dim={self.state_dim}: CALVIN's robot_obs has 15 values (or use 0)")
-        horizon = int(meta.get("action_horizon", 1))
-        self.execute_steps = horizon if execute_steps is None else int(execute_steps)
+        self.execute_steps = int(meta.action_horizon) if execute_steps is None else int(execute_steps)
         if self.execute_steps < 1:
             raise DefiError(f"execute_steps={execute_steps}: expected >= 1")
         if actions not in ("rel", "abs"):
@@ -423,9 +427,11 @@ class CalvinPolicyAdapter:
         self.calls = 0
         self.policy_seconds = 0.0
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
+        """Start a subtask: an empty action queue, and the policy's episode state reset (`seed`: its sampling
+        noise for this subtask, so that a rerun, a resumed run or a shard repeats every action)."""
         self.queue.clear()
-        self.policy.reset()
+        self.policy.reset(seed=seed)
 
     def observation(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
         """calvin_env observation -> Policy API observation."""
@@ -437,7 +443,10 @@ class CalvinPolicyAdapter:
                 raise DefiError(f"calvin observation has no rgb_obs[{key!r}] (has {sorted(rgb)}); the policy "
                                 f"uses cameras {self.cameras}")
             out[f"observation.images.{cam}"] = _resize_image(np.asarray(rgb[key]), self.image_size)
-        if "robot_obs" in obs:
+        if self.state_dim:
+            if "robot_obs" not in obs:
+                raise DefiError(f"calvin observation has no robot_obs (has {sorted(obs)}); the policy reads a "
+                                f"{self.state_dim}-dim state")
             out["observation.state"] = np.asarray(obs["robot_obs"], dtype=np.float32)
         return out
 
@@ -500,6 +509,9 @@ class CalvinEvalConfig(Config):
     """Skip chains already recorded in out_dir/chains.jsonl (an interrupted run continues where it stopped)."""
     oracle_file: Path | None = None
     """A calvin task-oracle YAML (`tasks: {name: [method, *args]}`); default: the built-in ORACLE_TASKS."""
+    seed: int | None = 0
+    """The policy's sampling noise: subtask k of chain i is reset with seed (seed * 1e6 + i) * 100 + k, so a
+    shard, a resumed run or a rerun repeats every action; None: unseeded (the global generator)."""
 
     def validate(self) -> None:
         self.check(self.num_chains >= 1, "num_chains", ">= 1")
@@ -509,6 +521,7 @@ class CalvinEvalConfig(Config):
                    "(index, count) with 0 <= index < count")
         self.check(self.video_chains >= 0, "video_chains", ">= 0")
         self.check(self.video_fps >= 1, "video_fps", ">= 1")
+        self.check(self.seed is None or self.seed >= 0, "seed", ">= 0 (or None)")
 
 
 @dataclass
@@ -524,9 +537,11 @@ class ChainResult:
 
 def run_chain(model: Any, env: Any, oracle: Any, state: dict[str, Any], tasks: Sequence[str],
               steps_per_subtask: int = STEPS_PER_SUBTASK, instructions: dict[str, str] | None = None,
-              record: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, list[int]]:
+              record: Callable[[dict[str, Any]], None] | None = None,
+              seed: int | None = None) -> tuple[int, list[int]]:
     """Run one chain (evaluate_policy.py's evaluate_sequence and rollout): (subtasks completed, steps of each
-    attempted subtask). `record` is called with every observation (for videos)."""
+    attempted subtask). `record` is called with every observation (for videos). With `seed`, subtask k resets
+    the model with seed + k (its sampling noise); without, `model.reset()` is called as CALVIN calls it."""
     instructions = instructions or VALIDATION_INSTRUCTIONS
     robot_obs, scene_obs = initial_env_state(state)
     env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
@@ -534,7 +549,10 @@ def run_chain(model: Any, env: Any, oracle: Any, state: dict[str, Any], tasks: S
     obs = None
     for task in tasks:
         obs = env.get_obs()
-        model.reset()
+        if seed is None:
+            model.reset()
+        else:
+            model.reset(seed=seed + completed)
         start_info = env.get_info()
         solved = False
         for step in range(steps_per_subtask):
@@ -654,7 +672,9 @@ def evaluate_calvin(model: Any, env: Any, oracle: Any, cfg: CalvinEvalConfig, ou
             stream = _VideoStream(out_dir / "videos" / f".chain{i:04d}.tmp.mp4", cfg.video_fps) \
                 if n < cfg.video_chains else None
             try:
-                completed, steps = run_chain(model, env, oracle, state, tasks, cfg.steps_per_subtask, record=stream)
+                seed = None if cfg.seed is None else (cfg.seed * 1_000_000 + i) * 100
+                completed, steps = run_chain(model, env, oracle, state, tasks, cfg.steps_per_subtask, record=stream,
+                                             seed=seed)
             finally:
                 if stream is not None:
                     stream.close()
@@ -775,13 +795,18 @@ def make_task_oracle(oracle_file: str | Path | None = None) -> Any:
 
 @dataclass
 class CalvinEvalRunConfig(Config):
-    policy: Path = Path("runs/finetune/model")
-    """A saved policy directory (or a run directory holding model/)."""
+    """Evaluate a saved policy with CALVIN's long-horizon protocol (calvin_env is installed separately)."""
+
+    policy: Path = Path("runs/finetune/calvin")
+    """A saved policy directory, or a run directory holding model/ (default: `defi finetune --preset
+    calvin-paper`'s)."""
     dataset: Path = Path("data/calvin/task_ABC_D")
     """The CALVIN split root; its validation/ folder configures the simulator (scene D for ABC->D)."""
     out_dir: Path = Path("runs/eval-calvin")
     device: str = "auto"
     eval: CalvinEvalConfig = field(default_factory=CalvinEvalConfig)
+
+    default_preset: ClassVar[str] = "paper"
 
 
 def run_calvin_eval(cfg: CalvinEvalRunConfig) -> dict[str, Any]:
@@ -791,7 +816,7 @@ def run_calvin_eval(cfg: CalvinEvalRunConfig) -> dict[str, Any]:
     validate_config(cfg)
     env = make_calvin_env(cfg.dataset)
     oracle = make_task_oracle(cfg.eval.oracle_file)
-    from defi.policies import load_policy  # moves with the policies package; imported where used
+    from defi.policies import load_policy  # torch and the policy classes: imported when a run starts
 
     policy = load_policy(cfg.policy, device=cfg.device)
     model = CalvinPolicyAdapter(policy, execute_steps=cfg.eval.execute_steps, actions=cfg.eval.actions)
@@ -805,6 +830,8 @@ def run_calvin_eval(cfg: CalvinEvalRunConfig) -> dict[str, Any]:
 
 @dataclass
 class CalvinMergeConfig(Config):
+    """Combine the chains.jsonl of sharded `defi eval-calvin` runs into one results.json and print the table."""
+
     shards: tuple[Path, ...] = ()
     """Output directories of `eval-calvin` runs (shards of one evaluation) to combine."""
     out_dir: Path = Path("runs/eval-calvin")
@@ -821,15 +848,14 @@ def run_calvin_merge(cfg: CalvinMergeConfig) -> dict[str, Any]:
     return metrics
 
 
-def calvin_eval_paper() -> CalvinEvalRunConfig:
+@preset(CalvinEvalRunConfig, "paper")
+def _paper() -> CalvinEvalRunConfig:
     """The benchmark: 1000 chains, 360 steps per subtask, the whole predicted chunk executed."""
     return CalvinEvalRunConfig()
 
 
-def calvin_eval_smoke() -> CalvinEvalRunConfig:
+@preset(CalvinEvalRunConfig, "smoke")
+def _smoke() -> CalvinEvalRunConfig:
     """A few chains, to check a set-up end to end before the hours-long run (not a comparable number)."""
     return CalvinEvalRunConfig(out_dir=Path("runs/eval-calvin-smoke"), eval=CalvinEvalConfig(num_chains=10,
                                                                                               video_chains=2))
-
-
-CALVIN_EVAL_PRESETS = {"paper": calvin_eval_paper, "smoke": calvin_eval_smoke}
