@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -277,12 +277,14 @@ class TorchPolicyMixin:
         clone.reset()
         return clone
 
+    def episode_noise(self) -> torch.Tensor:
+        """The initial noise [Ha, A] of this episode's next action chunk: from the episode's generator when
+        `reset(seed=...)` seeded one, else from torch's global RNG."""
+        shape = (self.config.action_horizon, self.config.action_dim)
+        return torch.randn(shape, generator=self._generator, device=self.device)
+
     def act(self, observation: Mapping[str, Any], instruction: str) -> np.ndarray:
-        batch = observation_to_batch(observation, instruction, self.metadata, self.device)  # type: ignore[attr-defined]
-        self.eval()  # type: ignore[attr-defined]
-        with torch.no_grad():
-            chunk = self.predict_action_chunk(batch, generator=self._generator)  # type: ignore[attr-defined]
-        return chunk[0].float().cpu().numpy()
+        return act_batch([self], [observation], [instruction])[0]
 
     def cacheable_inputs(self) -> tuple[str, ...]:
         """Names of frozen per-clip values `forward` accepts precomputed as "cache.<name>" batch keys."""
@@ -296,6 +298,29 @@ class TorchPolicyMixin:
             raise DefiError(f"policy type {config.type_name!r} has no pretrained forward/inverse models: drop "
                             "--fdm / --idm")
         return cls(config)  # type: ignore[call-arg]
+
+
+def act_batch(policies: Sequence[Any], observations: Sequence[Mapping[str, Any]],
+              instructions: Sequence[str]) -> list[np.ndarray]:
+    """`act` of several forks of ONE policy (shared weights) in one batched `predict_action_chunk` call: the
+    evaluation's parallel environments and the server's connections. Each fork keeps its own episode state: its
+    row's sampling noise comes from that fork's episode generator, so a seeded episode gives the same actions alone
+    or in a batch. Policies without `predict_action_chunk` (e.g. the scripted experts) act one by one."""
+    template = policies[0]
+    if not hasattr(template, "predict_action_chunk"):
+        return [p.act(o, i) for p, o, i in zip(policies, observations, instructions)]
+    meta = template.metadata
+    device = template.device
+    rows = [observation_to_batch(o, i, meta, device) for o, i in zip(observations, instructions)]
+    batch: dict[str, Any] = {"images": torch.cat([r["images"] for r in rows]),
+                             "instruction": [r["instruction"][0] for r in rows]}
+    if meta.state_dim:
+        batch["state"] = torch.cat([r["state"] for r in rows])
+    noise = torch.stack([p.episode_noise() for p in policies])
+    template.eval()
+    with torch.no_grad():
+        chunks = template.predict_action_chunk(batch, noise=noise)
+    return list(chunks.float().cpu().numpy())
 
 
 # ------------------------------------------------------------------------------------------------ registry

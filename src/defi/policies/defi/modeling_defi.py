@@ -287,11 +287,12 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         super().reset(seed)
         self._imagined = self._last_current = None
 
-    def imagined_frames(self) -> np.ndarray | None:
-        """The GFDM's one-step future of the first camera at the last call, uint8 [F, H, W, 3]."""
+    def imagined_frames(self, row: int = 0) -> np.ndarray | None:
+        """The GFDM's one-step future of the first camera at the last call (batch row `row`), uint8 [F, H, W, 3]."""
         if self._imagined is None:
             return None
         v = len(self.config.cameras)
         with torch.no_grad():
-            frames = self.gfdm.decode_latents(self._imagined[::v][:1], to_unit_range(self._last_current[:1, 0]))
+            frames = self.gfdm.decode_latents(self._imagined[::v][row:row + 1],
+                                              to_unit_range(self._last_current[row:row + 1, 0]))
         return rearrange(to_uint8(frames[0]), "f c h w -> f h w c").cpu().numpy()
