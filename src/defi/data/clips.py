@@ -117,7 +117,13 @@ class ClipDataset(Dataset):
         self.camera_keys = [IMAGE_PREFIX + c for c in self._map_cameras(list(cameras), list(info.cameras))]
         stored_h, stored_w = info.image_size
         self._stored_hw = (int(stored_h), int(stored_w))
-        self.image_size = (stored_h, stored_w) if image_size is None else (int(image_size), int(image_size))
+        # A source may keep each camera at its own size (CALVIN: static 200 px, gripper 84 px); the features'
+        # per-frame shapes say so, and such views are resized one by one.
+        self._view_hw = [self._camera_hw(info, key) for key in self.camera_keys]
+        if image_size is None and len(set(self._view_hw)) > 1:
+            raise DefiError(f"{self.root}: cameras have different sizes {dict(zip(self.cameras, self._view_hw))}; "
+                            "set image_size to resize them to one")
+        self.image_size = self._view_hw[0] if image_size is None else (int(image_size), int(image_size))
         self.has_actions = bool(info.has_actions) and "action" in info.features
         self.has_state = "observation.state" in info.features
         self.action_dim = int(action_dim)
@@ -154,6 +160,12 @@ class ClipDataset(Dataset):
         raise DefiError(f"{self.root}: has no camera {missing[0]!r} (the store's cameras: {', '.join(available)}; "
                         f"the policy's: {', '.join(wanted)}){hint}")
 
+    def _camera_hw(self, info: Any, key: str) -> tuple[int, int]:
+        shape = info.features.get(key, {}).get("shape")
+        if shape is not None and len(shape) == 3:
+            return int(shape[0]), int(shape[1])
+        return self._stored_hw
+
     def __len__(self) -> int:
         return int(self._starts[-1])
 
@@ -178,15 +190,25 @@ class ClipDataset(Dataset):
         last = length - 1
         future = t + self.future_stride * np.arange(1, self.future_frames + 1)
         frames = np.concatenate([[t, min(t + self.goal_offset, last)], np.minimum(future, last)])
-        raw = np.empty((len(self.camera_keys), len(frames), *self._stored_hw, 3), dtype=np.uint8)  # v n h w c
-        for v, key in enumerate(self.camera_keys):
-            self.store.read(episode, key, frames, out=raw[v])
-        # One layout copy in numpy: single-threaded (torch's would use its thread pool in the main process).
-        video = np.ascontiguousarray(raw.transpose(0, 1, 4, 2, 3))  # v n c h w
-        if tuple(video.shape[-2:]) != self.image_size:
-            v, n = video.shape[:2]
-            resized = self._resize(torch.from_numpy(video).reshape(v * n, *video.shape[2:]))
-            video = resized.reshape(v, n, 3, *self.image_size).numpy()
+        if len(set(self._view_hw)) == 1:
+            raw = np.empty((len(self.camera_keys), len(frames), *self._view_hw[0], 3), dtype=np.uint8)  # v n h w c
+            for v, key in enumerate(self.camera_keys):
+                self.store.read(episode, key, frames, out=raw[v])
+            # One layout copy in numpy: single-threaded (torch's would use its thread pool in the main process).
+            video = np.ascontiguousarray(raw.transpose(0, 1, 4, 2, 3))  # v n c h w
+            if tuple(video.shape[-2:]) != self.image_size:
+                v, n = video.shape[:2]
+                resized = self._resize(torch.from_numpy(video).reshape(v * n, *video.shape[2:]))
+                video = resized.reshape(v, n, 3, *self.image_size).numpy()
+        else:
+            views = []
+            for key, hw in zip(self.camera_keys, self._view_hw):
+                raw = self.store.read(episode, key, frames, out=np.empty((len(frames), *hw, 3), dtype=np.uint8))
+                view = np.ascontiguousarray(raw.transpose(0, 3, 1, 2))  # n c h w
+                if hw != self.image_size:
+                    view = self._resize(torch.from_numpy(view)).numpy()
+                views.append(view)
+            video = np.stack(views)
         video_t = torch.from_numpy(video)
         item: dict[str, Any] = {
             "images": video_t[:, 0],  # views of one buffer; collation copies them into the batch

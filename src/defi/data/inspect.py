@@ -17,14 +17,18 @@ from defi.errors import DefiError
 
 
 def store_summary(root: str | Path) -> dict[str, Any]:
-    """Episodes, frames, tasks, success, failed expert attempts, disk size and layout of a store."""
-    store = EpisodeStore.open(root)
+    """Episodes, frames, tasks, success, failed expert attempts, disk size and layout of a store (or of any source
+    `open_source` reads in place, e.g. a CALVIN split; its disk size is not measured)."""
+    from defi.data.sources import open_source
+
+    store = open_source(root)
+    in_place = not isinstance(store, EpisodeStore)
     eps = store.episodes
     tasks = Counter(e.get("task_name") or e.get("task", "") for e in eps)
     success = [e["success"] for e in eps if e.get("success") is not None]
     info = store.info
     return {
-        "path": str(store.root),
+        "path": str(root) if in_place else str(store.root),
         "source": info.source,
         "embodiment": info.embodiment,
         "episodes": len(eps),
@@ -42,7 +46,7 @@ def store_summary(root: str | Path) -> dict[str, Any]:
         },
         "success_rate": (sum(map(bool, success)) / len(success)) if success else None,
         "failed_expert_attempts": int(sum(e.get("failed_attempts", 0) or 0 for e in eps)),
-        "disk_mb": store.disk_bytes() / 2**20,
+        "disk_mb": None if in_place else store.disk_bytes() / 2**20,
     }
 
 
@@ -61,7 +65,7 @@ def format_summary(s: dict[str, Any]) -> str:
                             f"{100 * s['success_rate']:.1f}% of kept episodes; expert succeeded in "
                             f"{s['episodes']} of {s['episodes'] + s['failed_expert_attempts']} attempts "
                             f"({s['failed_expert_attempts']} failures discarded)"),
-        f"disk         {s['disk_mb']:.1f} MiB",
+        "disk         " + ("n/a (read in place)" if s["disk_mb"] is None else f"{s['disk_mb']:.1f} MiB"),
     ]
     return "\n".join(lines)
 
@@ -102,7 +106,7 @@ def write_preview(root: str | Path, out: str | Path, episodes: list[int] | None 
 
 @dataclass
 class InfoConfig(Config):
-    """`defi data info`: summarise an episode store."""
+    """`defi data info`: summarise an episode store (or a source read in place, such as a CALVIN split)."""
 
     store: Annotated[Path, tyro.conf.Positional]
     json: bool = False

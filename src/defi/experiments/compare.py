@@ -90,6 +90,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
 
 for _name in FinetuneConfig.preset_names():
+    if _name.startswith("calvin-"):
+        continue  # compare evaluates on Meta-World; a CALVIN policy is evaluated with `defi eval-calvin`
     preset(CompareConfig, _name)(lambda name=_name: CompareConfig(finetune=FinetuneConfig.preset(name)))
 
 

@@ -188,6 +188,20 @@ def _paper() -> FinetuneConfig:
     )
 
 
+@preset(FinetuneConfig, "calvin-paper")
+def _calvin_paper() -> FinetuneConfig:
+    # CALVIN ABC->D (defi.data.sources.calvin): the training split's annotated windows; the paper's policy sees the
+    # static and gripper views (GIDM: static), acts in 7-d relative actions and reads no proprio state
+    # (state_dim=0). The in-loop evaluation is Meta-World's, so it is off: evaluate with `defi eval-calvin`.
+    from defi.data.sources.calvin import data_calvin_paper
+
+    base = FinetuneConfig.preset("paper")
+    views = {"cameras": ("static", "gripper"), "state_dim": 0, "action_dim": 7}
+    defi = replace(base.defi, **views, inverse=replace(base.defi.inverse, camera="static"))
+    return replace(base, run_dir=Path("runs/finetune/calvin"), data=data_calvin_paper(), defi=defi,
+                   image_dp=replace(base.image_dp, **views), evaluate=False)
+
+
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures `defi finetune` prints."""
     out = {"train_loss": metrics["train"].get("loss"), "val_action_mse": metrics["held_out"].get("val_action_mse")}

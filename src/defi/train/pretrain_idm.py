@@ -337,6 +337,19 @@ def _paper() -> PretrainIDMConfig:
     )
 
 
+@preset(PretrainIDMConfig, "calvin-paper")
+def _calvin_paper() -> PretrainIDMConfig:
+    # CALVIN ABC->D (defi.data.sources.calvin): the training split's play stream and annotated windows, the static
+    # view only (the GIDM's camera), o_{t+n} 30 frames (1 s at 30 Hz) ahead and a 30-step action chunk, so that
+    # the probe's target is the mean action over o_t -> o_{t+n}; another split root: --data.sources PATH 1.0 ...
+    from defi.data.sources.calvin import data_calvin_pretrain_paper
+
+    base = PretrainIDMConfig.preset("paper")
+    model = replace(base.model, camera="static")
+    data = replace(data_calvin_pretrain_paper(), cameras=("static",), future_frames=1, action_horizon=30)
+    return replace(base, model=model, data=data, run_dir=Path("runs/pretrain-idm/calvin"))
+
+
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures `defi pretrain-idm` prints."""
     keys = ("mse", "copy_mse", "codes_used_fraction", "code_perplexity", "probe_r2_latent_action",

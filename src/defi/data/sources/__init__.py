@@ -45,7 +45,10 @@ def open_source(path: str | Path, cache_mb: float = 512) -> Any:
             return getattr(import_module(module), func)(path, cache_mb=cache_mb)
     return EpisodeStore.open(path, cache_mb=cache_mb)
 
-
 # LeRobot directories are imported into a store first; the opener says how (defi.data.sources.lerobot).
 register_reader("lerobot", lambda p: import_module("defi.data.sources.lerobot").is_lerobot_dataset(p),
                 "defi.data.sources.lerobot:open_lerobot_in_place")
+
+from defi.data.sources.calvin import detect_calvin  # noqa: E402  (numpy only: cheap to import here)
+
+register_reader("calvin", detect_calvin, "defi.data.sources.calvin:open_calvin")
