@@ -356,7 +356,7 @@ def test_finetune_on_calvin_then_eval_calvin(tmp_path, monkeypatch):
     import types
 
     from calvin_helpers import write_calvin_split
-    from defi.data.sources.calvin import data_calvin_tiny
+    from defi.data.config import data_calvin_tiny
     from defi.policies.defi import DeFIConfig
     from defi.train import finetune
 

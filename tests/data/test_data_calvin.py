@@ -111,8 +111,7 @@ def test_opening_reads_one_frame_file(calvin_root, monkeypatch):
 def test_clip_sampler_resizes_each_view_and_mixes_both_views(calvin_root):
     import torch
 
-    from defi.data.config import build_clip_dataset
-    from defi.data.sources.calvin import data_calvin_tiny
+    from defi.data.config import build_clip_dataset, data_calvin_tiny
 
     cfg = data_calvin_tiny(calvin_root)
     ds = build_clip_dataset(cfg, "all")
@@ -128,7 +127,7 @@ def test_clip_sampler_resizes_each_view_and_mixes_both_views(calvin_root):
 
     from dataclasses import replace
 
-    from defi.data.sources.calvin import calvin_sources
+    from defi.data.config import calvin_sources
 
     mixed = build_clip_dataset(replace(cfg, sources=calvin_sources(calvin_root, play=True)), "all")
     assert mixed.names == ["calvin:lang_annotations", "calvin:training"]
@@ -148,7 +147,7 @@ def test_views_of_different_sizes_need_an_image_size(calvin_root):
 
 def test_data_configs_are_valid():
     from defi.config import validate_config
-    from defi.data.sources.calvin import data_calvin_paper, data_calvin_pretrain_paper
+    from defi.data.config import data_calvin_paper, data_calvin_pretrain_paper
 
     for cfg in (data_calvin_paper("/data/task_ABC_D"), data_calvin_pretrain_paper("/data/task_ABC_D")):
         validate_config(cfg)

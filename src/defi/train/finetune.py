@@ -193,7 +193,7 @@ def _calvin_paper() -> FinetuneConfig:
     # CALVIN ABC->D (defi.data.sources.calvin): the training split's annotated windows; the paper's policy sees the
     # static and gripper views (GIDM: static), acts in 7-d relative actions and reads no proprio state
     # (state_dim=0). The in-loop evaluation is Meta-World's, so it is off: evaluate with `defi eval-calvin`.
-    from defi.data.sources.calvin import data_calvin_paper
+    from defi.data.config import data_calvin_paper
 
     base = FinetuneConfig.preset("paper")
     views = {"cameras": ("static", "gripper"), "state_dim": 0, "action_dim": 7}

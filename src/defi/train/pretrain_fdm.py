@@ -107,7 +107,7 @@ def _paper() -> PretrainFDMConfig:
 def _calvin_paper() -> PretrainFDMConfig:
     # CALVIN ABC->D (defi.data.sources.calvin): the training split's play stream and annotated windows, static +
     # gripper views at the paper GFDM's 256 px and 16 frames; another split root: --data.sources PATH 1.0 ...
-    from defi.data.sources.calvin import data_calvin_pretrain_paper
+    from defi.data.config import data_calvin_pretrain_paper
 
     base = PretrainFDMConfig.preset("paper")
     data = replace(data_calvin_pretrain_paper(), future_frames=base.model.num_frames,

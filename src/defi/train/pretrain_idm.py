@@ -342,7 +342,7 @@ def _calvin_paper() -> PretrainIDMConfig:
     # CALVIN ABC->D (defi.data.sources.calvin): the training split's play stream and annotated windows, the static
     # view only (the GIDM's camera), o_{t+n} 30 frames (1 s at 30 Hz) ahead and a 30-step action chunk, so that
     # the probe's target is the mean action over o_t -> o_{t+n}; another split root: --data.sources PATH 1.0 ...
-    from defi.data.sources.calvin import data_calvin_pretrain_paper
+    from defi.data.config import data_calvin_pretrain_paper
 
     base = PretrainIDMConfig.preset("paper")
     model = replace(base.model, camera="static")
