@@ -63,6 +63,8 @@ COMMANDS: dict[str, Command] = {
                                  "Combine sharded eval-calvin runs into one results.json."),
     "compare": Command("defi.experiments.compare:CompareConfig", "defi.experiments.compare:run",
                        "Finetune + evaluate DeFI and both baselines on the same demos."),
+    "study": Command("defi.experiments.study:StudyConfig", "defi.experiments.study:run",
+                     "Does pretraining pay off? DeFI vs no pretraining vs image DP over demo counts and seeds."),
     "demo": Command("defi.experiments.demo.config:DemoConfig", "defi.experiments.demo.pipeline:run",
                     "The whole pipeline in one command, with report.html (presets tiny/quick/full)."),
     "ablate": Command("defi.experiments.demo.ablate:AblateConfig", "defi.experiments.demo.ablate:run",

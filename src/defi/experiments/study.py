@@ -1,0 +1,371 @@
+"""`defi study`: does pretraining pay off? DeFI vs the same architecture without pretraining vs an image diffusion
+policy, finetuned on few demonstrations, on enough seeds and episodes for an interval that can exclude zero.
+
+Stages, each resumable (finished work is reused when the command runs again; an interrupted finetuning run
+continues from its checkpoint):
+
+1. `corpus`  action-free pretraining videos (the evaluation tasks and others; actions and states dropped)
+2. `demos`   labeled demonstrations of the evaluation tasks, `max(demo_counts)` per task (other seeds)
+3. `gfdm`, `gidm`  pretraining on the corpus, once; every arm and seed reuses them
+4. `runs`    for every demo count x training seed x arm: finetune on the first n demos of each task (a seeded,
+             nested subset per training seed) and evaluate on the SAME episodes (positions and per-episode
+             sampling seeds) with the real camera and, with `finetune.eval.vision_check`, another scene's image
+5. `report`  study.json / study.md / study_data_efficiency.png: per-task and pooled success with Wilson
+             intervals, the paired difference of each arm pair with a bootstrap interval (training seeds, then
+             episodes within tasks, resampled), the vision-reliance gap, and the data-efficiency curve (Figure 4)
+
+Runs execute `workers` at a time in separate processes with one torch thread each (two busy multi-threaded
+processes slow each other down 10-100x on a small CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defi.config import Config, from_dict, preset, replace, save_config, to_dict
+from defi.data.sources.metaworld import MetaWorldGenConfig
+from defi.errors import ConfigError, DefiError
+from defi.eval.stats import paired_difference, pct, points, summarise
+from defi.experiments.compare import Variant, finished_metrics, variant_config
+from defi.train.finetune import FinetuneConfig
+from defi.train.pretrain_fdm import PretrainFDMConfig
+from defi.train.pretrain_idm import PretrainIDMConfig
+
+LABELS = {"defi": "DeFI (pretrained)", "defi-scratch": "no pretraining", "image_dp": "image diffusion policy"}
+PAIRS = (("defi", "defi-scratch"), ("defi", "image_dp"), ("defi-scratch", "image_dp"))
+
+
+@dataclass
+class StudyConfig(Config):
+    run_dir: Path = Path("runs/study")
+    seed: int = 0
+    """Seed of the data (corpus and demonstrations); evaluation positions come from EvalConfig.seed."""
+    corpus: MetaWorldGenConfig = field(default_factory=MetaWorldGenConfig)
+    """Action-free pretraining videos (`out` and `action_free` are set by the study)."""
+    demos: MetaWorldGenConfig = field(default_factory=MetaWorldGenConfig)
+    """Labeled demonstrations (`out`, `tasks` and `episodes_per_task` are set by the study)."""
+    demo_counts: tuple[int, ...] = (2, 5, 10)
+    """Demonstrations per task of each data-efficiency point."""
+    train_seeds: tuple[int, ...] = (0, 1, 2)
+    """Finetuning seeds (initial weights, batches and which demonstrations of each task are used)."""
+    arms: tuple[Variant, ...] = ("defi", "defi-scratch", "image_dp")
+    fdm: PretrainFDMConfig = field(default_factory=lambda: PretrainFDMConfig.preset("small"))
+    idm: PretrainIDMConfig = field(default_factory=lambda: PretrainIDMConfig.preset("small"))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig.preset("small"))
+    """The finetuning recipe and the evaluation (tasks, episodes per task, vision check) of every run."""
+    workers: int = 2
+    """Runs executed at once, each a process with one torch thread."""
+    bootstrap: int = 10_000
+
+    def validate(self) -> None:
+        self.check(len(self.demo_counts) >= 1 and all(n >= 1 for n in self.demo_counts), "demo_counts",
+                   "positive numbers of demonstrations per task")
+        self.check(len(self.train_seeds) >= 1, "train_seeds", "at least one seed")
+        self.check(len(set(self.arms)) == len(self.arms) and len(self.arms) >= 1, "arms", "distinct arms")
+        self.check(self.workers >= 1, "workers", ">= 1")
+
+
+def resolve(cfg: StudyConfig) -> StudyConfig:
+    """Point every stage at its directory under run_dir; the demonstrations are of the evaluation tasks."""
+    root = Path(cfg.run_dir)
+    corpus_dir, demos_dir = root / "data" / "corpus", root / "data" / "demos"
+    tasks = ",".join(cfg.finetune.eval.tasks)
+    corpus = replace(cfg.corpus, out=corpus_dir, action_free=True, seed=cfg.seed)
+    demos = replace(cfg.demos, out=demos_dir, action_free=False, seed=cfg.seed + 1000, tasks=tasks,
+                    episodes_per_task=max(cfg.demo_counts))
+    fdm = replace(cfg.fdm, run_dir=root / "gfdm",
+                  data=replace(cfg.fdm.data, sources=[(str(corpus_dir), 1.0)], seed=cfg.seed))
+    idm = replace(cfg.idm, run_dir=root / "gidm",
+                  data=replace(cfg.idm.data, sources=[(str(corpus_dir), 1.0)], seed=cfg.seed))
+    finetune = replace(cfg.finetune, data=replace(cfg.finetune.data, sources=[(str(demos_dir), 1.0)]))
+    return replace(cfg, corpus=corpus, demos=demos, fdm=fdm, idm=idm, finetune=finetune)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def run_dir_of(cfg: StudyConfig, demos: int, seed: int, arm: str) -> Path:
+    return Path(cfg.run_dir) / "runs" / f"demos{demos}" / f"seed{seed}" / arm
+
+
+def run_config(cfg: StudyConfig, demos: int, seed: int, arm: str) -> FinetuneConfig:
+    """One finetuning run: the first `demos` demonstrations of each task (a seeded subset, nested across counts),
+    seed `seed`, evaluated on the study's fixed episodes."""
+    from defi.experiments.compare import CompareConfig
+
+    base = replace(cfg.finetune,
+                   data=replace(cfg.finetune.data, episode_fraction=demos / max(cfg.demo_counts), seed=seed,
+                                val_fraction=0.0),
+                   trainer=replace(cfg.finetune.trainer, seed=seed), val_batches=0)
+    compare = CompareConfig(run_dir=run_dir_of(cfg, demos, seed, arm).parent, fdm=str(cfg.fdm.run_dir),
+                            idm=str(cfg.idm.run_dir), variants=(arm,), finetune=base)
+    return variant_config(compare, arm)
+
+
+def _run_one(args: tuple[dict[str, Any], str]) -> str:
+    """A worker process: finetune and evaluate one run (one torch thread), resuming it if interrupted."""
+    import torch
+
+    from defi.train import finetune
+
+    cfg_dict, run_dir = args
+    torch.set_num_threads(1)
+    ft = from_dict(FinetuneConfig, cfg_dict)
+    if finished_metrics(Path(run_dir)) is None:
+        resume = any((Path(run_dir) / "checkpoints").glob("step_*"))
+        finetune.run(replace(ft, resume=resume, trainer=replace(ft.trainer, progress=False)))
+    return run_dir
+
+
+def stage_runs(cfg: StudyConfig) -> dict[str, Any]:
+    """Every demo count x seed x arm, `workers` at a time; finished runs are reused."""
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    jobs = [(demos, seed, arm) for demos in sorted(cfg.demo_counts) for seed in cfg.train_seeds for arm in cfg.arms]
+    todo = [j for j in jobs if finished_metrics(run_dir_of(cfg, *j)) is None]
+    print(f"== study runs: {len(jobs) - len(todo)} of {len(jobs)} finished earlier; {len(todo)} to go, "
+          f"{cfg.workers} at a time", flush=True)
+    payload = [(to_dict(run_config(cfg, *j)), str(run_dir_of(cfg, *j))) for j in todo]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", dynamic_ncols=True)
+    try:
+        if cfg.workers == 1:
+            for item in payload:
+                _run_one(item)
+                bar.update(1)
+        elif payload:
+            with mp.get_context("spawn").Pool(cfg.workers, maxtasksperchild=1) as pool:
+                for _ in pool.imap_unordered(_run_one, payload):
+                    bar.update(1)
+    finally:
+        bar.close()
+    return {"runs": len(jobs)}
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def _episodes(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "eval" / "metrics.json"
+    if not path.is_file():
+        raise DefiError(f"{path}: missing (the run did not finish its evaluation)")
+    return json.loads(path.read_text())["episodes"]
+
+
+def analyse(cfg: StudyConfig) -> dict[str, Any]:
+    """Success per arm and demo count (pooled and per task), paired differences between arms and the
+    vision-reliance gap, with intervals that resample training seeds, then episodes within tasks."""
+    tasks = list(cfg.finetune.eval.tasks)
+    out: dict[str, Any] = {"tasks": tasks, "demo_counts": list(cfg.demo_counts), "train_seeds": list(cfg.train_seeds),
+                           "arms": list(cfg.arms), "episodes_per_task": cfg.finetune.eval.episodes_per_task,
+                           "by_demos": {}}
+    for demos in sorted(cfg.demo_counts):
+        real: dict[str, dict[tuple, bool]] = {}
+        wrong: dict[str, dict[tuple, bool]] = {}
+        for arm in cfg.arms:
+            real[arm], wrong[arm] = {}, {}
+            for seed in cfg.train_seeds:
+                run = run_dir_of(cfg, demos, seed, arm)
+                if finished_metrics(run) is None:
+                    continue
+                for e in _episodes(run):
+                    key = (seed, e["task"], e["episode"])
+                    (real if e.get("mode", "real") == "real" else wrong)[arm][key] = bool(e["success"])
+        row: dict[str, Any] = {"arms": {}, "pairs": {}}
+        for arm in cfg.arms:
+            eps = real[arm]
+            if not eps:
+                continue
+            entry = {"overall": summarise(list(eps.values())),
+                     "per_task": {t: summarise([v for k, v in eps.items() if k[1] == t]) for t in tasks},
+                     "seeds": sorted({k[0] for k in eps})}
+            entry["overall_ci_seeds_episodes"] = _rate_interval(eps, cfg.bootstrap)
+            keys = sorted(eps.keys() & wrong[arm].keys())
+            if keys:
+                entry["wrong_scene"] = summarise([wrong[arm][k] for k in keys])
+                entry["vision_reliance"] = paired_difference(
+                    [eps[k] for k in keys], [wrong[arm][k] for k in keys], strata=[k[1] for k in keys],
+                    clusters=[k[0] for k in keys], n_boot=cfg.bootstrap)
+                entry["vision_reliance_per_task"] = {
+                    t: paired_difference([eps[k] for k in keys if k[1] == t], [wrong[arm][k] for k in keys if k[1] == t],
+                                         clusters=[k[0] for k in keys if k[1] == t], n_boot=cfg.bootstrap)
+                    for t in tasks}
+            row["arms"][arm] = entry
+        for a, b in PAIRS:
+            keys = sorted(real.get(a, {}).keys() & real.get(b, {}).keys())
+            if keys:
+                row["pairs"][f"{a} - {b}"] = {
+                    "pooled": paired_difference([real[a][k] for k in keys], [real[b][k] for k in keys],
+                                                strata=[k[1] for k in keys], clusters=[k[0] for k in keys],
+                                                n_boot=cfg.bootstrap),
+                    "per_task": {t: paired_difference([real[a][k] for k in keys if k[1] == t],
+                                                      [real[b][k] for k in keys if k[1] == t],
+                                                      clusters=[k[0] for k in keys if k[1] == t],
+                                                      n_boot=cfg.bootstrap) for t in tasks}}
+        out["by_demos"][str(demos)] = row
+    return out
+
+
+def _rate_interval(episodes: dict[tuple, bool], n_boot: int) -> list[float]:
+    """95% interval of a pooled success rate, resampling training seeds, then episodes within tasks."""
+    keys = sorted(episodes)
+    d = paired_difference([episodes[k] for k in keys], [0.0] * len(keys), strata=[k[1] for k in keys],
+                          clusters=[k[0] for k in keys], n_boot=n_boot)
+    return [d["ci95_low"], d["ci95_high"]]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    tasks = result["tasks"]
+    lines = [f"Evaluation: {len(tasks)} tasks x {result['episodes_per_task']} episodes per training seed "
+             f"(seeds {result['train_seeds']}), the same positions and sampling seeds for every arm. Success % with "
+             "Wilson 95% intervals per cell; the pooled row's second interval and every difference resample "
+             "training seeds, then episodes within tasks (bootstrap).", ""]
+    for demos, row in result["by_demos"].items():
+        arms = [a for a in result["arms"] if a in row["arms"]]
+        lines += [f"### {demos} demonstrations per task", "",
+                  "| task | " + " | ".join(LABELS.get(a, a) for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        for t in tasks:
+            lines.append(f"| {t.removesuffix('-v3')} | " + " | ".join(pct(row["arms"][a]["per_task"][t]) for a in arms)
+                         + " |")
+        lines.append("| **pooled** | " + " | ".join(
+            f"**{pct(row['arms'][a]['overall'])}** (seeds+episodes: [{100 * row['arms'][a]['overall_ci_seeds_episodes'][0]:.0f}, "
+            f"{100 * row['arms'][a]['overall_ci_seeds_episodes'][1]:.0f}])" for a in arms) + " |")
+        if all("vision_reliance" in row["arms"][a] for a in arms):
+            lines.append("| with another scene's image | " + " | ".join(pct(row["arms"][a]["wrong_scene"]) for a in arms)
+                         + " |")
+            lines.append("| **vision reliance** (points) | " + " | ".join(points(row["arms"][a]["vision_reliance"])
+                                                                       for a in arms) + " |")
+        lines.append("")
+        for name, pair in row["pairs"].items():
+            a, b = name.split(" - ")
+            per_task = ", ".join(f"{t.removesuffix('-v3')} {points(d)}" for t, d in pair["per_task"].items())
+            lines.append(f"- {LABELS.get(a, a)} - {LABELS.get(b, b)}: **{points(pair['pooled'])}** points "
+                         f"(per task: {per_task})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def efficiency_plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm in result["arms"]:
+        xs, ys, lo, hi = [], [], [], []
+        for demos, row in result["by_demos"].items():
+            if arm in row["arms"]:
+                entry = row["arms"][arm]
+                xs.append(int(demos))
+                ys.append(100 * entry["overall"]["success_rate"])
+                lo.append(ys[-1] - 100 * entry["overall_ci_seeds_episodes"][0])
+                hi.append(100 * entry["overall_ci_seeds_episodes"][1] - ys[-1])
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=LABELS.get(arm, arm))
+    ax.set_xlabel("demonstrations per task")
+    ax.set_ylabel("success % (95% CI: seeds, episodes)")
+    ax.set_xscale("log")
+    ax.set_xticks([int(d) for d in result["by_demos"]])
+    ax.set_xticklabels(list(result["by_demos"]))
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def stage_report(cfg: StudyConfig) -> dict[str, Any]:
+    root = Path(cfg.run_dir)
+    result = analyse(cfg)
+    result["gfdm"] = (json.loads((root / "gfdm" / "metrics.json").read_text()) if (root / "gfdm" / "metrics.json").is_file()
+                      else {}).get("held_out")
+    result["gidm"] = (json.loads((root / "gidm" / "metrics.json").read_text()) if (root / "gidm" / "metrics.json").is_file()
+                      else {}).get("held_out")
+    (root / "study.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (root / "study.md").write_text("# Pretraining study\n\n" + markdown(result) + "\n")
+    efficiency_plot(result, root / "study_data_efficiency.png")
+    return {"report": str(root / "study.md")}
+
+
+# ------------------------------------------------------------------------------------------------ stages
+STAGES = ("corpus", "demos", "gfdm", "gidm", "runs", "report")
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((Path(run_dir) / "checkpoints").glob("step_*"))
+
+
+def _stage(cfg: StudyConfig, name: str) -> dict[str, Any]:
+    if name in ("corpus", "demos"):
+        from defi.data.sources.metaworld import generate_metaworld
+
+        report = generate_metaworld(getattr(cfg, name))
+        return {"kept": report.kept, "frames": report.frames}
+    if name == "gfdm":
+        from defi.train import pretrain_fdm
+
+        if (Path(cfg.fdm.run_dir) / "metrics.json").is_file():
+            return {"reused": str(cfg.fdm.run_dir)}
+        return pretrain_fdm.run(replace(cfg.fdm, resume=_has_checkpoint(cfg.fdm.run_dir)))["held_out"]
+    if name == "gidm":
+        from defi.data import build_clip_dataset
+        from defi.train import pretrain_idm
+
+        if (Path(cfg.idm.run_dir) / "metrics.json").is_file():
+            return {"reused": str(cfg.idm.run_dir)}
+        # scored on the labeled demonstrations (never trained on): the probe is fitted on half of the episodes;
+        # with a single demonstration per task there is nothing to hold out, and the corpus's split scores it
+        demos = replace(cfg.idm.data, sources=[(str(cfg.demos.out), 1.0)], val_fraction=0.5)
+        held_out = {"val": build_clip_dataset(demos, "val"), "probe": build_clip_dataset(demos, "train")}
+        idm = replace(cfg.idm, resume=_has_checkpoint(cfg.idm.run_dir))
+        return pretrain_idm.run(idm, held_out if len(held_out["val"]) else None)["held_out"]
+    if name == "runs":
+        return stage_runs(cfg)
+    return stage_report(cfg)
+
+
+def run(cfg: StudyConfig) -> dict[str, Any]:
+    """Run every stage (finished work is reused); prints the report."""
+    from defi.config import validate_config
+    from defi.experiments.demo.config import changed_settings
+
+    validate_config(cfg)
+    cfg = resolve(cfg)
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    changed = changed_settings(cfg, root / "config.json", ignore=("workers", "bootstrap", "demo_counts",
+                                                                   "train_seeds", "arms"))
+    if changed:
+        raise ConfigError(f"{root / 'config.json'}: this study was made with other settings (differs in: "
+                          f"{', '.join(changed)}); use a new --run-dir")
+    save_config(cfg, root / "config.json")
+    log_path = root / "stages.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    for name in STAGES:
+        start = time.perf_counter()
+        print(f"== [{name}]", flush=True)
+        summary = _stage(cfg, name)
+        log[name] = {"wall_s": round(time.perf_counter() - start, 1), "summary": summary,
+                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = log_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(log, indent=2, default=str) + "\n")
+        os.replace(tmp, log_path)
+    print((root / "study.md").read_text())
+    return log
+
+
+@preset(StudyConfig, "tiny")
+def _tiny() -> StudyConfig:
+    from defi.experiments.demo.config import DemoConfig
+
+    demo = DemoConfig.preset("tiny")
+    ft = replace(demo.finetune, eval=replace(demo.finetune.eval, tasks=("reach-v3",), episodes_per_task=2,
+                                             vision_check=True, video_episodes=0))
+    return StudyConfig(run_dir=Path("runs/study-tiny"), corpus=demo.corpus,
+                       demos=MetaWorldGenConfig(image_size=32, max_steps=150, workers=1, progress=False),
+                       demo_counts=(1, 2), train_seeds=(0, 1), fdm=demo.fdm, idm=demo.idm, finetune=ft, workers=1,
+                       bootstrap=200)
