@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defi.envs.metaworld import MT10, MetaWorldEnv, all_tasks, resolve_tasks
+from defi.envs.metaworld import MT10, FreeCamera, MetaWorldEnv, all_tasks, resolve_tasks
 from defi.errors import DefiError
 
 
@@ -48,6 +48,30 @@ def test_observation_format_seeding_and_expert():
 def test_unknown_camera():
     with pytest.raises(DefiError, match="unknown Meta-World camera 'wrist'"):
         MetaWorldEnv("reach", cameras=("wrist",))
+
+
+def test_free_cameras_show_where_the_scene_differs():
+    extra = {"close": FreeCamera(lookat=(0.0, 0.7, 0.1), distance=0.6, azimuth=-45.0, elevation=-45.0, fovy=40.0)}
+    env = MetaWorldEnv("push", seed=0, cameras=("corner", "workspace_close", "close"), image_size=48, free_cameras=extra)
+    try:
+        env.reset(seed=1)
+        a = env.render()
+        corner_again = env.render()["corner"]
+        np.testing.assert_array_equal(a["corner"], corner_again)  # a free camera's fovy leaves fixed cameras alone
+        b = env.reset(seed=2)
+        assert b["observation.images.workspace_close"].shape == (48, 48, 3)
+
+        def changed(cam):
+            diff = np.abs(a[cam].astype(np.int16) - b[f"observation.images.{cam}"]).max(axis=-1)
+            return int((diff > 16).sum())
+
+        # the puck and goal move between scenes: the workspace view shows it on more pixels than the corner one
+        assert changed("workspace_close") > 2 * changed("corner") > 0
+        assert changed("close") > changed("workspace_close")
+    finally:
+        env.close()
+    with pytest.raises(DefiError, match="valid: .*workspace_close"):
+        MetaWorldEnv("reach", cameras=("close",))  # extra poses belong to the environment they were given to
 
 
 def test_mesh_detail_draws_fewer_triangles_of_the_same_scene():

@@ -15,6 +15,9 @@ dominates, so the options that cost time and add nothing at that size are turned
 (`model.vis.quality.offsamples = 0`) and shadows, reflections and the skybox (scene flags that
 `update_scene` resets, so they are cleared after each update). The `corner*` cameras of the Sawyer scene look
 at the table upside down; their images are rotated by 180 degrees (`img[::-1, ::-1]`), as LeRobot does.
+Besides the model's cameras, `FREE_CAMERAS` names poses of MuJoCo's free camera ("workspace_close",
+"workspace": closer views of where objects and goals are placed, so that their positions are visible at 64x64;
+see benchmarks/check_visibility.py).
 
 What is left is vertex work: llvmpipe shades every vertex on the calling thread, and the Sawyer arm's ten
 meshes (~63k of the scene's ~67k mesh triangles) take ~80% of a 64x64 frame. `mesh_detail < 1` (opt-in: it
@@ -30,7 +33,8 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,6 +54,36 @@ MT10: tuple[str, ...] = (
     "window-close-v3",
 )
 CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+
+
+@dataclass(frozen=True)
+class FreeCamera:
+    """A camera pose that the Sawyer scene does not define: MuJoCo's free camera, which orbits `lookat`.
+
+    `azimuth` and `elevation` are in degrees (elevation < 0 looks down; azimuth 0 looks along +x, 90 along +y),
+    `distance` in metres from `lookat`, `fovy` the vertical field of view in degrees. Images are the right way up.
+    """
+
+    lookat: tuple[float, float, float]
+    distance: float
+    azimuth: float
+    elevation: float
+    fovy: float = 45.0
+
+
+# Named views beyond the model's cameras. The model's cameras frame the whole table and robot, so at 64x64 the
+# objects and goal markers whose positions change between scenes cover a handful of pixels and a policy cannot
+# tell scenes apart (issue 13; benchmarks/check_visibility.py measures it). Both views look down at 45 degrees
+# at the region where Meta-World places objects and goals, from above the table's far-left corner as the robot
+# sees it (away from the robot, so the arm, at the top of the image, does not cover the table); a frame costs no
+# more to render than `corner`'s. "workspace_close" (camera at x -0.43, y 1.12, z 0.70, looking at (0, 0.7, 0.1))
+# shows the randomised objects and goals of a 64x64 image on ~4x the pixels of `corner` (push, pick-place,
+# reach: 45-53 pixels differ between scenes against 12-13); "workspace", 0.25 m further back, ~2.5x, with more of
+# the table in view.
+FREE_CAMERAS: dict[str, FreeCamera] = {
+    "workspace": FreeCamera(lookat=(0.0, 0.68, 0.08), distance=1.1, azimuth=-45.0, elevation=-45.0),
+    "workspace_close": FreeCamera(lookat=(0.0, 0.7, 0.1), distance=0.85, azimuth=-45.0, elevation=-45.0),
+}
 ACTION_DIM = 4
 STATE_DIM = 4
 ENV_STATE_DIM = 39
@@ -112,15 +146,20 @@ class MetaWorldEnv:
         image_size: int | tuple[int, int] = 64,
         max_episode_steps: int | None = None,
         mesh_detail: float = 1.0,
+        free_cameras: Mapping[str, FreeCamera] | None = None,
     ) -> None:
+        """`cameras` name the model's cameras (`CAMERAS`), the named views of `FREE_CAMERAS`, or those of
+        `free_cameras` (extra named poses for this environment only, e.g. candidates being measured)."""
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
         from metaworld.policies import ENV_POLICY_MAP
 
         (self.task,) = resolve_tasks([task])
+        self._free_cameras = {**FREE_CAMERAS, **dict(free_cameras or {})}
         for cam in cameras:
-            if cam not in CAMERAS:
-                raise DefiError(f"unknown Meta-World camera {cam!r}; valid: {', '.join(CAMERAS)}")
+            if cam not in CAMERAS and cam not in self._free_cameras:
+                raise DefiError(f"unknown Meta-World camera {cam!r}; valid: "
+                                + ", ".join((*CAMERAS, *self._free_cameras)))
         self.cameras = tuple(cameras)
         self.height, self.width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if not 0.0 < mesh_detail <= 1.0:
@@ -149,7 +188,10 @@ class MetaWorldEnv:
             self._scene_option = mujoco.MjvOption()
             self._camera = mujoco.MjvCamera()
             self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
-            self._camera_ids = {cam: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam) for cam in self.cameras}
+            self._camera_ids = {cam: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
+                                for cam in self.cameras if cam in CAMERAS}
+            self._free_camera = mujoco.MjvCamera()
+            self._free_camera.type = mujoco.mjtCamera.mjCAMERA_FREE
         self._raw_obs: np.ndarray | None = None
         self.steps = 0
         self.success = False
@@ -210,9 +252,18 @@ class MetaWorldEnv:
         flags = mujoco.mjtRndFlag
         scene = self._renderer.scene
         images = {}
+        model = self._env.model
         for cam in self.cameras:
-            self._camera.fixedcamid = self._camera_ids[cam]
-            mujoco.mjv_updateScene(self._env.model, self._env.data, self._scene_option, None, self._camera,
+            if cam in self._camera_ids:
+                camera = self._camera
+                camera.fixedcamid = self._camera_ids[cam]
+            else:
+                camera, pose = self._free_camera, self._free_cameras[cam]
+                camera.lookat[:] = pose.lookat
+                camera.distance, camera.azimuth, camera.elevation = pose.distance, pose.azimuth, pose.elevation
+                # A free camera's field of view is the model's global one (the fixed cameras have their own).
+                model.vis.global_.fovy = pose.fovy
+            mujoco.mjv_updateScene(model, self._env.data, self._scene_option, None, camera,
                                    mujoco.mjtCatBit.mjCAT_ALL, scene)
             scene_flags = scene.flags
             scene_flags[flags.mjRND_SHADOW] = 0
