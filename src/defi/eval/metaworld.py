@@ -219,7 +219,7 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     for task in tasks:
         lines.append(f"| {task} | " + " | ".join(pct(rows[lab]["per_task"][task]) for lab in labels) + " |")
     lines.append("| **all** | " + " | ".join(pct(rows[lab]["overall"]) for lab in labels) + " |")
-    if all("vision_check" in rows[lab] for lab in labels):
+    if all(rows[lab].get("vision_check") for lab in labels):
         lines.append("| with another scene's image | " + " | ".join(
             pct(rows[lab]["vision_check"]["wrong_scene"]["overall"]) for lab in labels) + " |")
         lines.append("| **vision reliance** (real - wrong scene) | " + " | ".join(

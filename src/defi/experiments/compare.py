@@ -77,7 +77,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         results[variant] = {"overall": closed["overall"], "per_task": closed["per_task"],
                             "policy_ms_per_call": closed["policy_ms_per_call"],
                             "train_time_s": metrics["train"].get("train_time_s"),
-                            "val_action_mse": metrics["held_out"].get("val_action_mse")}
+                            "val_action_mse": metrics["held_out"].get("val_action_mse"),
+                            "vision_check": closed.get("vision_check")}
     table = format_table(results)
     demos = cfg.finetune.data.sources
     text = (f"# DeFI vs baselines on Meta-World\n\nDemonstrations: {demos}; training steps per variant: "

@@ -4,7 +4,8 @@ policy, finetuned on few demonstrations, on enough seeds and episodes for an int
 Stages, each resumable (finished work is reused when the command runs again; an interrupted finetuning run
 continues from its checkpoint):
 
-1. `corpus`  action-free pretraining videos (the evaluation tasks and others; actions and states dropped)
+1. `corpus`, `corpus_other`  action-free pretraining videos of the evaluation tasks (many scenes each) and of
+             other tasks; actions and states dropped
 2. `demos`   labeled demonstrations of the evaluation tasks, `max(demo_counts)` per task (other seeds)
 3. `gfdm`, `gidm`  pretraining on the corpus, once; every arm and seed reuses them
 4. `runs`    for every demo count x training seed x arm: finetune on the first n demos of each task (a seeded,
@@ -46,7 +47,12 @@ class StudyConfig(Config):
     seed: int = 0
     """Seed of the data (corpus and demonstrations); evaluation positions come from EvalConfig.seed."""
     corpus: MetaWorldGenConfig = field(default_factory=MetaWorldGenConfig)
-    """Action-free pretraining videos (`out` and `action_free` are set by the study)."""
+    """Action-free pretraining videos of the evaluation tasks (and candidates), many scenes per task (`out` and
+    `action_free` are set by the study)."""
+    corpus_other: MetaWorldGenConfig = field(default_factory=MetaWorldGenConfig)
+    """Action-free videos of other tasks (`out` and `action_free` are set by the study)."""
+    corpus_weights: tuple[float, float] = (3.0, 1.0)
+    """Sampling weights of the two corpora in pretraining (evaluation tasks, other tasks)."""
     demos: MetaWorldGenConfig = field(default_factory=MetaWorldGenConfig)
     """Labeled demonstrations (`out`, `tasks` and `episodes_per_task` are set by the study)."""
     demo_counts: tuple[int, ...] = (2, 5, 10)
@@ -73,17 +79,17 @@ class StudyConfig(Config):
 def resolve(cfg: StudyConfig) -> StudyConfig:
     """Point every stage at its directory under run_dir; the demonstrations are of the evaluation tasks."""
     root = Path(cfg.run_dir)
-    corpus_dir, demos_dir = root / "data" / "corpus", root / "data" / "demos"
+    corpus_dir, other_dir, demos_dir = root / "data" / "corpus", root / "data" / "corpus-other", root / "data" / "demos"
     tasks = ",".join(cfg.finetune.eval.tasks)
     corpus = replace(cfg.corpus, out=corpus_dir, action_free=True, seed=cfg.seed)
+    other = replace(cfg.corpus_other, out=other_dir, action_free=True, seed=cfg.seed)
     demos = replace(cfg.demos, out=demos_dir, action_free=False, seed=cfg.seed + 1000, tasks=tasks,
                     episodes_per_task=max(cfg.demo_counts))
-    fdm = replace(cfg.fdm, run_dir=root / "gfdm",
-                  data=replace(cfg.fdm.data, sources=[(str(corpus_dir), 1.0)], seed=cfg.seed))
-    idm = replace(cfg.idm, run_dir=root / "gidm",
-                  data=replace(cfg.idm.data, sources=[(str(corpus_dir), 1.0)], seed=cfg.seed))
+    sources = [(str(corpus_dir), cfg.corpus_weights[0]), (str(other_dir), cfg.corpus_weights[1])]
+    fdm = replace(cfg.fdm, run_dir=root / "gfdm", data=replace(cfg.fdm.data, sources=sources, seed=cfg.seed))
+    idm = replace(cfg.idm, run_dir=root / "gidm", data=replace(cfg.idm.data, sources=sources, seed=cfg.seed))
     finetune = replace(cfg.finetune, data=replace(cfg.finetune.data, sources=[(str(demos_dir), 1.0)]))
-    return replace(cfg, corpus=corpus, demos=demos, fdm=fdm, idm=idm, finetune=finetune)
+    return replace(cfg, corpus=corpus, corpus_other=other, demos=demos, fdm=fdm, idm=idm, finetune=finetune)
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -247,6 +253,32 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pretrained_markdown(result: dict[str, Any]) -> str:
+    """The pretrained parts against issue 13's targets (GFDM one step <= 0.6x copying the current frame on moving
+    clips; GIDM >= 50% of codes in use, latent actions predicting the end-effector motion better than the feature
+    difference)."""
+    g, i, la = result.get("gfdm") or {}, result.get("gidm") or {}, result.get("gidm_latent_actions") or {}
+
+    def f(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
+
+    lines = ["## Pretrained parts", ""]
+    if g:
+        lines.append(f"- GFDM, held-out corpus clips: one-step future MSE / copying the current frame "
+                     f"{f(g.get('mse_ratio_one_step_over_copy'))} (on the half that moves most: "
+                     f"{f(g.get('moving_mse_ratio_one_step_over_copy'))}; target <= 0.6); sampled (multi-step) "
+                     f"{f(g.get('mse_ratio_model_over_copy'))}")
+    if i:
+        lines.append(f"- GIDM, labeled demonstrations it never saw: codes used {f(i.get('codes_used_fraction'))} "
+                     f"(perplexity {f(i.get('code_perplexity'))}; target >= 0.5); probe R^2 to the true actions: "
+                     f"latent action {f(i.get('probe_r2_latent_action'))} vs feature difference "
+                     f"{f(i.get('probe_r2_feature_diff'))}")
+    if la:
+        lines.append(f"- GIDM latent actions -> end-effector displacement, probe R^2 {f(la.get('ee_motion_r2_latent_action'))} "
+                     f"vs feature difference {f(la.get('ee_motion_r2_feature_diff'))} (target: above)")
+    return "\n".join(lines) + "\n\n"
+
+
 def efficiency_plot(result: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
@@ -285,14 +317,16 @@ def stage_report(cfg: StudyConfig) -> dict[str, Any]:
                       else {}).get("held_out")
     result["gidm"] = (json.loads((root / "gidm" / "metrics.json").read_text()) if (root / "gidm" / "metrics.json").is_file()
                       else {}).get("held_out")
+    if (root / "gidm" / "latent_actions.json").is_file():
+        result["gidm_latent_actions"] = json.loads((root / "gidm" / "latent_actions.json").read_text())
     (root / "study.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (root / "study.md").write_text("# Pretraining study\n\n" + markdown(result) + "\n")
+    (root / "study.md").write_text("# Pretraining study\n\n" + pretrained_markdown(result) + markdown(result) + "\n")
     efficiency_plot(result, root / "study_data_efficiency.png")
     return {"report": str(root / "study.md")}
 
 
 # ------------------------------------------------------------------------------------------------ stages
-STAGES = ("corpus", "demos", "gfdm", "gidm", "runs", "report")
+STAGES = ("corpus", "corpus_other", "demos", "gfdm", "gidm", "runs", "report")
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -300,7 +334,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _stage(cfg: StudyConfig, name: str) -> dict[str, Any]:
-    if name in ("corpus", "demos"):
+    if name in ("corpus", "corpus_other", "demos"):
         from defi.data.sources.metaworld import generate_metaworld
 
         report = generate_metaworld(getattr(cfg, name))
@@ -322,7 +356,14 @@ def _stage(cfg: StudyConfig, name: str) -> dict[str, Any]:
         demos = replace(cfg.idm.data, sources=[(str(cfg.demos.out), 1.0)], val_fraction=0.5)
         held_out = {"val": build_clip_dataset(demos, "val"), "probe": build_clip_dataset(demos, "train")}
         idm = replace(cfg.idm, resume=_has_checkpoint(cfg.idm.run_dir))
-        return pretrain_idm.run(idm, held_out if len(held_out["val"]) else None)["held_out"]
+        metrics = pretrain_idm.run(idm, held_out if len(held_out["val"]) else None)["held_out"]
+        from defi.experiments.demo.latents import gidm_latent_picture
+
+        # does the latent action carry the end-effector's motion (issue 13's GIDM target)?
+        picture = gidm_latent_picture(Path(cfg.idm.run_dir) / "model", build_clip_dataset(demos, "all"), 1200,
+                                      Path(cfg.run_dir) / "gidm" / "latent_actions.png")
+        (Path(cfg.run_dir) / "gidm" / "latent_actions.json").write_text(json.dumps(picture, indent=2) + "\n")
+        return {**metrics, **picture}
     if name == "runs":
         return stage_runs(cfg)
     return stage_report(cfg)
@@ -365,7 +406,8 @@ def _tiny() -> StudyConfig:
     demo = DemoConfig.preset("tiny")
     ft = replace(demo.finetune, eval=replace(demo.finetune.eval, tasks=("reach-v3",), episodes_per_task=2,
                                              vision_check=True, video_episodes=0))
-    return StudyConfig(run_dir=Path("runs/study-tiny"), corpus=demo.corpus,
+    return StudyConfig(run_dir=Path("runs/study-tiny"), corpus=replace(demo.corpus, tasks="reach", episodes_per_task=3),
+                       corpus_other=replace(demo.corpus, tasks="button-press", episodes_per_task=2),
                        demos=MetaWorldGenConfig(image_size=32, max_steps=150, workers=1, progress=False),
                        demo_counts=(1, 2), train_seeds=(0, 1), fdm=demo.fdm, idm=demo.idm, finetune=ft, workers=1,
                        bootstrap=200)

@@ -154,7 +154,8 @@ def run(cfg: FinetuneConfig, datasets: dict[str, Dataset] | None = None) -> dict
 
         final.eval()
         report = evaluate(final, cfg.eval, Path(cfg.run_dir) / "eval", policy_dir=model_dir, label=cfg.label)
-        metrics["closed_loop"] = {k: report[k] for k in ("overall", "per_task", "policy_ms_per_call")}
+        metrics["closed_loop"] = {k: report[k] for k in ("overall", "per_task", "policy_ms_per_call", "vision_check")
+                                  if k in report}
     return runner.finish(metrics)
 
 

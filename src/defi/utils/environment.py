@@ -20,6 +20,35 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# CPU features that decide whether bf16 pays (autocast on a CPU without them is many times slower than fp32)
+SPEED_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
+
+
+def cpu_description() -> dict[str, object]:
+    """What a speed figure must name (DEVELOPERS.md: machines differ): CPU model, the flags that matter, the number
+    of CPUs and torch's thread count."""
+    import os
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        threads = None
+    return {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags], "cpus": os.cpu_count(),
+            "threads": threads}
+
+
 def resolve_device(device: str = "auto") -> str:
     """The one place a device is chosen outside training (where accelerate chooses): "auto" -> "cuda" when a GPU
     is visible, else "cpu"; anything else is passed through."""
@@ -49,6 +78,7 @@ def environment_info() -> dict[str, object]:
         "device": resolve_device(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_bf16": cpu_supports_bf16(),
+        "cpu": cpu_description(),
         "versions": versions,
     }
     return info

@@ -27,24 +27,32 @@ def _ee_motion(dataset: Any, indices: list[int]) -> np.ndarray:
     return out
 
 
-@torch.no_grad()
 def latent_action_picture(cfg: Any, out_path: Path) -> dict[str, Any]:
+    """The demo's picture: its pretrained GIDM on its labeled demonstrations."""
+    from defi.experiments.demo.config import demo_clips_for_idm
+
+    return gidm_latent_picture(Path(cfg.idm.run_dir) / "model", demo_clips_for_idm(cfg), cfg.latent_clips, out_path)
+
+
+@torch.no_grad()
+def gidm_latent_picture(gidm_dir: Path, dataset: Any, clips: int, out_path: Path) -> dict[str, Any]:
+    """A saved GIDM's latent actions on `clips` labeled clips of `dataset` (a clip dataset with the GIDM's camera
+    and interval), the PCA picture, and the ridge probes latent action / feature difference -> end-effector
+    displacement (fitted on half of the episodes, scored on the other half)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from defi.eval.probes import ridge_probe
-    from defi.experiments.demo.config import demo_clips_for_idm
     from defi.models.inverse import GIDM
     from defi.train.pretrain_idm import GIDMPretrainModule, encode_clips
 
     # the saved GIDM names its encoders and camera: nothing is read from the pretraining run's stage config
-    gidm = GIDM.from_pretrained(Path(cfg.idm.run_dir) / "model").eval()
-    dataset = demo_clips_for_idm(cfg)
+    gidm = GIDM.from_pretrained(gidm_dir).eval()
     view = list(dataset.cameras).index(gidm.config.camera)
     module = GIDMPretrainModule(gidm, view)
-    count = min(cfg.latent_clips, len(dataset))
+    count = min(clips, len(dataset))
     indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)).tolist()
     cached = encode_clips(gidm, dataset, view, indices, desc="encoding demo clips")
     feats, codes, diffs = [], [], []

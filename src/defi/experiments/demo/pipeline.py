@@ -86,7 +86,7 @@ def stage_gfdm(cfg: DemoConfig) -> dict[str, Any]:
     metrics = pretrain_fdm.run(replace(cfg.fdm, resume=_has_checkpoint(cfg.fdm.run_dir)))
     held = metrics["held_out"]
     return {k: held[k] for k in ("model_mse", "one_step_mse", "copy_mse", "mse_ratio_model_over_copy",
-                                 "mse_ratio_one_step_over_copy") if k in held}
+                                 "mse_ratio_one_step_over_copy", "moving_mse_ratio_one_step_over_copy") if k in held}
 
 
 def stage_gidm(cfg: DemoConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from defi.eval.stats import pct, verdict
+from defi.eval.stats import pct, points, verdict
 
 LABELS = {"defi": "DeFI (pretrained GFDM + GIDM)", "defi-scratch": "no pretraining (same architecture)",
           "image_dp": "image diffusion policy"}
@@ -142,6 +142,12 @@ def success_table(variants: dict[str, Any]) -> str:
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(pct(variants[n]["per_task"][t]) for n in names) + " |")
     lines.append("| **all** | " + " | ".join(f"**{pct(variants[n]['overall'])}**" for n in names) + " |")
+    if all(variants[n].get("vision_check") for n in names):
+        # the vision-reliance check: the same episodes with another scene's image held for the episode
+        lines.append("| all, shown another scene's image | " + " | ".join(
+            pct(variants[n]["vision_check"]["wrong_scene"]["overall"]) for n in names) + " |")
+        lines.append("| **vision reliance** (points, real - other scene) | " + " | ".join(
+            f"**{points(variants[n]['vision_check']['difference'])}**" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -164,7 +170,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{ft.get('trainer', {}).get('max_steps', '?')} steps per policy; evaluated on "
                 f"{ft.get('eval', {}).get('episodes_per_task', '?')} episodes per task at object positions absent from "
                 f"all training data, up to {ft.get('eval', {}).get('max_episode_steps', '?')} steps. Success % with "
-                "Wilson 95% intervals.", "", success_table(variants), "", "![success](assets/success.png)", ""]
+                "Wilson 95% intervals." + (
+                    " The vision-reliance rows run the same episodes with every camera image replaced, for the whole "
+                    "episode, by the first frame of another episode's scene (other positions; the proprio state "
+                    "stays real): a policy that uses its camera loses success there (paired bootstrap 95% interval)."
+                    if all(v.get("vision_check") for v in variants.values()) else ""),
+                "", success_table(variants), "", "![success](assets/success.png)", ""]
         out += ["### Did the paper's ordering hold?", ""] + [f"- {v['text']}" for v in report["verdicts"]] + [""]
         if any(v["status"] != "held" for v in report["verdicts"]):
             out += ["Where a row says \"within noise\" or \"not reproduced\", this run cannot tell the policies apart "
@@ -175,7 +186,9 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["## Forward dynamics (GFDM) on held-out corpus clips", "",
                 f"Decoded future-frame MSE: sampled {_fmt(g.get('model_mse'))}, one denoising step "
                 f"{_fmt(g.get('one_step_mse'))}, copying the current frame {_fmt(g.get('copy_mse'))} "
-                f"(ratio sampled / copy {_fmt(g.get('mse_ratio_model_over_copy'), 3)}). Real | sampled | one-step: "
+                f"(ratio sampled / copy {_fmt(g.get('mse_ratio_model_over_copy'), 3)}; one step / copy on the half of "
+                f"the clips that move most {_fmt(g.get('moving_mse_ratio_one_step_over_copy'), 3)}). "
+                "Real | sampled | one-step: "
                 "![predicted vs real](assets/gfdm_predictions.gif)", ""]
     i = report.get("gidm") or {}
     if i:
