@@ -17,7 +17,8 @@ exists and has acted).
 servers of that policy in their own processes, one with batching off (`batch_window_ms` 0: one request per call,
 the baseline) and one with it on, each driven by 1, 4 and 16 concurrent robots (threads of this process, each
 with its own openpi `WebsocketClientPolicy`, sending one request, waiting for the actions, sending the next).
-It prints requests/s, p50 and p99 round trip, the mean batch size, and the ratios batched / unbatched.
+It prints requests/s, p50 and p99 round trip, the mean batch size, the server process's CPU time per request (which
+other jobs on a shared machine distort far less than wall time), and the ratios batched / unbatched.
 
     python benchmarks/bench_serve.py                       # 2 cameras 224x224 + 39-dim state per request
     python benchmarks/bench_serve.py --image-size 64 --requests 300
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import threading
@@ -253,11 +255,19 @@ def bench_rss(policy: str, counts: tuple[int, ...] = (1, 16, 64)) -> int:
     return 0
 
 
-def _robot_fleet(port: int, requests: list[dict], warmup_s: float, seconds: float, client: str) -> dict[str, list]:
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _robot_fleet(port: int, server_pid: int, requests: list[dict], warmup_s: float, seconds: float,
+                 client: str) -> dict[str, list]:
     """len(requests) robots, each a thread with its own connection sending its request in a loop (one in flight,
     like a robot waiting for its next chunk): each starts an episode (`reset`), runs `warmup_s` unmeasured, then
     `seconds` measured. Latencies are those of requests sent in the measured span; throughput counts the replies
-    received in it."""
+    received in it, and so does the server process's CPU time per request (which other jobs on a shared machine
+    inflate far less than wall time)."""
     from defi.serve import PolicyClient
 
     def connect():
@@ -305,6 +315,10 @@ def _robot_fleet(port: int, requests: list[dict], warmup_s: float, seconds: floa
     span["start"] = time.perf_counter() + warmup_s
     span["end"] = span["start"] + seconds
     go.set()
+    time.sleep(max(0.0, span["start"] - time.perf_counter()))
+    cpu_start = _cpu_s(server_pid)
+    time.sleep(max(0.0, span["end"] - time.perf_counter()))
+    cpu_s = _cpu_s(server_pid) - cpu_start
     for t in threads:
         t.join()
     for connection in connections:
@@ -312,7 +326,7 @@ def _robot_fleet(port: int, requests: list[dict], warmup_s: float, seconds: floa
     if errors:
         raise RuntimeError("; ".join(errors))
     return {"latencies": [x for per in latencies for x in per], "batch_sizes": [x for per in batch_sizes for x in per],
-            "completed": [sum(completed)], "seconds": [seconds]}
+            "completed": [sum(completed)], "seconds": [seconds], "server_cpu_s": [cpu_s]}
 
 
 def bench_batching(policy: str, window_ms: float, max_batch: int, fleets: tuple[int, ...], seconds: float,
@@ -343,12 +357,12 @@ def bench_batching(policy: str, window_ms: float, max_batch: int, fleets: tuple[
             server = ctx.Process(target=_serve_saved, args=(policy, port_queue, stop, config), daemon=True)
             server.start()
             servers.append(server)
-            ports[mode] = port_queue.get(timeout=300)
+            ports[mode] = (port_queue.get(timeout=300), server.pid)
         # the machine may be shared: interleave the modes so that both see the same background load
         for _ in range(repeats):
             for clients in fleets:
                 for mode in modes:
-                    result = _robot_fleet(ports[mode], requests[:clients], warmup_s, seconds, client)
+                    result = _robot_fleet(*ports[mode], requests[:clients], warmup_s, seconds, client)
                     pooled = runs.setdefault((mode, clients), {})
                     for key, values in result.items():
                         pooled.setdefault(key, []).extend(values)
@@ -361,10 +375,12 @@ def bench_batching(policy: str, window_ms: float, max_batch: int, fleets: tuple[
         r = runs[(mode, clients)]
         ms = np.array(r["latencies"]) * 1e3
         return {"rps": sum(r["completed"]) / sum(r["seconds"]), "p50": float(np.percentile(ms, 50)),
+                "cpu_ms": 1e3 * sum(r["server_cpu_s"]) / max(1, sum(r["completed"])),
                 "p99": float(np.percentile(ms, 99)), "batch": float(np.mean(r["batch_sizes"])), "n": len(ms)}
 
     header = f"{'robots':>6s} {'mode':10s} {'req/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/p50':>8s} " \
-             f"{'batch':>6s} {'samples':>8s} {'throughput x':>13s} {'p50 x':>6s}"
+             f"{'batch':>6s} {'samples':>8s} {'cpu ms/req':>10s} {'throughput x':>13s} {'p50 x':>6s} " \
+             f"{'cpu/req x':>9s}"
     print(header)
     print("-" * len(header))
     for clients in fleets:
@@ -372,13 +388,15 @@ def bench_batching(policy: str, window_ms: float, max_batch: int, fleets: tuple[
         for mode in modes:
             r = row(mode, clients)
             print(f"{clients:6d} {mode:10s} {r['rps']:7.2f} {r['p50']:8.0f} {r['p99']:8.0f} {r['p99'] / r['p50']:8.2f} "
-                  f"{r['batch']:6.1f} {r['n']:8d} {r['rps'] / base['rps']:13.2f} {r['p50'] / base['p50']:6.2f}")
+                  f"{r['batch']:6.1f} {r['n']:8d} {r['cpu_ms']:10.1f} {r['rps'] / base['rps']:13.2f} "
+                  f"{r['p50'] / base['p50']:6.2f} {base['cpu_ms'] / r['cpu_ms']:9.2f}")
     top = max(fleets)
     batched, base = row("batched", top), row("unbatched", top)
-    print(f"batch = mean requests per policy call (server_timing.batch_size); throughput x, p50 x: batched / "
-          f"unbatched at the same number of robots\n{top} robots: throughput {batched['rps'] / base['rps']:.2f}x "
-          f"the unbatched server (target >= 3); batched p99 / p50 = {batched['p99'] / batched['p50']:.2f} "
-          "(target <= 2)")
+    print(f"batch = mean requests per policy call (server_timing.batch_size); cpu ms/req = server process CPU time "
+          f"per reply; throughput x, p50 x: batched / unbatched, cpu/req x: unbatched / batched, at the same number "
+          f"of robots\n{top} robots: throughput {batched['rps'] / base['rps']:.2f}x the unbatched server (target "
+          f">= 3; server CPU per request {base['cpu_ms'] / batched['cpu_ms']:.2f}x less); batched p99 / p50 = "
+          f"{batched['p99'] / batched['p50']:.2f} (target <= 2)")
     return 0
 
 
@@ -394,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                         "server (default: ServeConfig's)")
     parser.add_argument("--max-batch", type=int, default=None, help="--batching: max_batch (default: ServeConfig's)")
     parser.add_argument("--fleets", default="1,4,16", help="--batching: numbers of concurrent robots")
-    parser.add_argument("--seconds", type=float, default=20.0, help="--batching: measured seconds per row and repeat")
-    parser.add_argument("--warmup-s", type=float, default=5.0, help="--batching: unmeasured seconds before each row")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--batching: measured seconds per row and repeat")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="--batching: unmeasured seconds before each row")
     parser.add_argument("--client", choices=("openpi", "defi"), default="openpi",
                         help="--batching: openpi's WebsocketClientPolicy or defi's PolicyClient as the robots")
     parser.add_argument("--policies", default="scripted,conv")
@@ -403,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="timed requests per configuration")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats of every row (default 3, "
-                        "median kept; --batching: default 2, samples pooled)")
+                        "median kept; --batching: default 4, samples pooled)")
     args = parser.parse_args(argv)
     if args.rss:
         return bench_rss(args.rss)
@@ -414,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_batching(args.batching, defaults.batch_window_ms if args.window_ms is None else args.window_ms,
                               defaults.max_batch if args.max_batch is None else args.max_batch,
                               tuple(int(n) for n in args.fleets.split(",")), args.seconds, args.warmup_s,
-                              args.repeats or 2, args.client)
+                              args.repeats or 4, args.client)
 
     args.repeats = args.repeats or 3
     requests = make_requests(args.requests, args.image_size)
