@@ -3,11 +3,48 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass
 from importlib import metadata
 
 from defi.config import Config
+
+# x86 instruction sets that decide CPU inference speed: AVX2 is the baseline of recent kernels, AVX-512 doubles the
+# vector width, avx512_bf16 / AMX (Sapphire Rapids and later) make bf16 matrix products pay.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU model name, logical CPU count and which of `ISA_FLAGS` it has, from /proc/cpuinfo (Linux; elsewhere
+    the model is `platform.processor()` and the flags are empty)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break  # the first core's block is enough (x86 lists the model name before the flags)
+    except OSError:
+        pass
+    return {"model": model, "logical_cpus": os.cpu_count(), "isa": {flag: flag in flags for flag in ISA_FLAGS}}
+
+
+def describe_cpu(threads: int | None = None) -> str:
+    """One line for benchmark and latency tables, e.g. "AMD EPYC, 2 logical CPUs, avx2 (no avx512f, avx512_bf16,
+    amx_bf16, amx_tile), 1 torch thread"."""
+    info = cpu_info()
+    isa: dict[str, bool] = info["isa"]  # type: ignore[assignment]
+    have = " ".join(f for f, on in isa.items() if on) or "none of " + " ".join(ISA_FLAGS)
+    missing = ", ".join(f for f, on in isa.items() if not on)
+    line = f"{info['model']}, {info['logical_cpus']} logical CPUs, {have}" + (f" (no {missing})" if missing and
+                                                                              any(isa.values()) else "")
+    if threads is not None:
+        line += f", {threads} torch thread{'s' if threads != 1 else ''}"
+    return line
 
 
 def cpu_supports_bf16() -> bool:
@@ -73,7 +110,7 @@ def environment_info() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": resolve_device(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
