@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from defi.config import replace
     from defi.eval.metaworld import EvalConfig, evaluate
     from defi.policies.defi import DeFIConfig, DeFIPolicy
-    from defi.utils.environment import cpu_description
+    from defi.utils.environment import describe_cpu
 
     torch.manual_seed(0)
     cfg = DeFIConfig.preset("small")
@@ -51,11 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(tasks=tuple(args.tasks), episodes_per_task=args.episodes_per_task, cameras=(args.camera,),
                 max_episode_steps=args.max_episode_steps, execute_steps=args.execute_steps, video_episodes=0)
     episodes = len(args.tasks) * args.episodes_per_task
-    cpu = cpu_description()
     print(f"{episodes} episodes ({', '.join(args.tasks)}), <= {args.max_episode_steps} steps, chunk of "
           f"{args.execute_steps} executed per call, camera {args.camera}; DeFI small, random weights; "
-          f"CPU {cpu['model']} ({cpu['cpus']} CPUs, flags {cpu['flags'] or 'none of avx512_bf16/amx'}), one torch "
-          "thread per process")
+          f"CPU {describe_cpu(threads=1)} per process")
     rows = {}
     modes = [("former: %d processes, batch 1" % args.workers, dict(num_workers=args.workers, batch_size=1))]
     modes += [(f"batched: {args.batched_workers} processes, batch {b}",

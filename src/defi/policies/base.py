@@ -300,6 +300,13 @@ class TorchPolicyMixin:
         return cls(config)  # type: ignore[call-arg]
 
 
+def batchable(policy: Any) -> bool:
+    """Whether several forks of `policy` can act in one batched call: its `act` is `act_batch` of one
+    (TorchPolicyMixin's) and it has `predict_action_chunk`. A policy with its own `act` (the scripted experts, a
+    wrapper keeping more episode state) acts one call at a time, since batching would bypass what its `act` does."""
+    return getattr(type(policy), "act", None) is TorchPolicyMixin.act and hasattr(policy, "predict_action_chunk")
+
+
 def act_batch(policies: Sequence[Any], observations: Sequence[Mapping[str, Any]],
               instructions: Sequence[str]) -> list[np.ndarray]:
     """`act` of several forks of ONE policy (shared weights) in one batched `predict_action_chunk` call: the
@@ -307,7 +314,7 @@ def act_batch(policies: Sequence[Any], observations: Sequence[Mapping[str, Any]]
     row's sampling noise comes from that fork's episode generator, so a seeded episode gives the same actions alone
     or in a batch. Policies without `predict_action_chunk` (e.g. the scripted experts) act one by one."""
     template = policies[0]
-    if not hasattr(template, "predict_action_chunk"):
+    if not batchable(template):
         return [p.act(o, i) for p, o, i in zip(policies, observations, instructions)]
     meta = template.metadata
     device = template.device

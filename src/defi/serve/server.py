@@ -50,7 +50,7 @@ from websockets.frames import CloseCode
 
 from defi.config import Config
 from defi.errors import DefiError
-from defi.policies.base import TorchPolicyMixin, act_batch, policy_metadata
+from defi.policies.base import act_batch, batchable, policy_metadata
 from defi.serve.protocol import (
     IMAGE_PREFIX,
     INSTRUCTION_KEYS,
@@ -159,9 +159,7 @@ class PolicyServer:
         self.config = config or ServeConfig()
         self.config.validate()
         self.policy = policy  # the template every connection forks; never acted on itself
-        batchable = getattr(type(policy), "act", None) is TorchPolicyMixin.act and hasattr(
-            policy, "predict_action_chunk")  # see `batches`
-        on = batchable and self.config.batch_window_ms > 0
+        on = batchable(policy) and self.config.batch_window_ms > 0  # see `batches`
         self._max_batch = self.config.max_batch if on else 1
         self._window_s = self.config.batch_window_ms / 1e3 if on else 0.0
         meta = policy_metadata(policy).to_dict()

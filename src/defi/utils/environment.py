@@ -10,14 +10,26 @@ from importlib import metadata
 
 from defi.config import Config
 
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (avx512_bf16 or AMX), where bf16 autocast pays."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 # x86 instruction sets that decide CPU inference speed: AVX2 is the baseline of recent kernels, AVX-512 doubles the
-# vector width, avx512_bf16 / AMX (Sapphire Rapids and later) make bf16 matrix products pay.
+# vector width, avx512_bf16 / AMX (Sapphire Rapids and later) make bf16 matrix products pay (bf16 autocast on a CPU
+# without them was measured many times slower than fp32).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def cpu_info() -> dict[str, object]:
-    """The CPU model name, logical CPU count and which of `ISA_FLAGS` it has, from /proc/cpuinfo (Linux; elsewhere
-    the model is `platform.processor()` and the flags are empty)."""
+def cpu_description() -> dict[str, object]:
+    """What a speed figure must name (machines differ): the CPU model, which of `ISA_FLAGS` it has, the number of
+    logical CPUs and torch's thread count (from /proc/cpuinfo on Linux; elsewhere `platform.processor()`)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -30,60 +42,23 @@ def cpu_info() -> dict[str, object]:
                     break  # the first core's block is enough (x86 lists the model name before the flags)
     except OSError:
         pass
-    return {"model": model, "logical_cpus": os.cpu_count(), "isa": {flag: flag in flags for flag in ISA_FLAGS}}
+    import torch
+
+    return {"model": model, "flags": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads()}
 
 
 def describe_cpu(threads: int | None = None) -> str:
     """One line for benchmark and latency tables, e.g. "AMD EPYC, 2 logical CPUs, avx2 (no avx512f, avx512_bf16,
     amx_bf16, amx_tile), 1 torch thread"."""
-    info = cpu_info()
-    isa: dict[str, bool] = info["isa"]  # type: ignore[assignment]
-    have = " ".join(f for f, on in isa.items() if on) or "none of " + " ".join(ISA_FLAGS)
-    missing = ", ".join(f for f, on in isa.items() if not on)
-    line = f"{info['model']}, {info['logical_cpus']} logical CPUs, {have}" + (f" (no {missing})" if missing and
-                                                                              any(isa.values()) else "")
-    if threads is not None:
-        line += f", {threads} torch thread{'s' if threads != 1 else ''}"
-    return line
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (avx512_bf16 or AMX), where bf16 autocast pays."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# CPU features that decide whether bf16 pays (autocast on a CPU without them is many times slower than fp32)
-SPEED_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
-
-
-def cpu_description() -> dict[str, object]:
-    """What a speed figure must name (DEVELOPERS.md: machines differ): CPU model, the flags that matter, the number
-    of CPUs and torch's thread count."""
-    import os
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        import torch
-
-        threads = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        threads = None
-    return {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags], "cpus": os.cpu_count(),
-            "threads": threads}
+    info = cpu_description()
+    have: list[str] = info["flags"]  # type: ignore[assignment]
+    missing = ", ".join(f for f in ISA_FLAGS if f not in have)
+    line = f"{info['model']}, {info['cpus']} logical CPUs, " + (" ".join(have) or "none of " + " ".join(ISA_FLAGS))
+    if have and missing:
+        line += f" (no {missing})"
+    threads = info["threads"] if threads is None else threads
+    return line + f", {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def resolve_device(device: str = "auto") -> str:
