@@ -62,6 +62,8 @@ def test_stage_trains_and_writes_metrics_gif_and_model(tmp_path):
         assert held[f"{name}_mse"] > 0 and held[f"{name}_psnr"] > 0
         assert len(held[f"{name}_mse_by_frame"]) == m.num_frames
     assert held["eval_clips"] == 2 and held["step"] == cfg.trainer.max_steps
+    # the ratio on the clips that move most (the copy baseline's worse half) is reported beside the overall one
+    assert held["moving_mse_ratio_one_step_over_copy"] > 0 and held["moving_mse_ratio_model_over_copy"] > 0
     # every K (= eval_every) steps a GIF: (1 + F) frames, rows = clips, columns = views x (real, sampled, one-step)
     gifs = sorted(p.name for p in (run / "gifs").glob("*.gif"))
     assert gifs == ["step_0000002.gif", "step_0000004.gif"]
