@@ -9,15 +9,54 @@ from importlib import metadata
 
 from defi.config import Config
 
+# The ISA extensions that decide CPU speed figures here: AVX2/FMA (fp32 kernels), AVX-512, and the native bf16
+# instructions (avx512_bf16, AMX) without which bf16 autocast is emulated and slower than fp32 (measured 20x slower
+# on an AVX2-only CPU).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return None
+
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (avx512_bf16 or AMX), where bf16 autocast pays."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = cpu_description()["flags"] or []
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_description() -> dict[str, object]:
+    """What a CPU speed figure depends on: {"model": CPU model name, "flags": the `SPEED_FLAGS` this CPU has (None
+    where /proc/cpuinfo cannot be read, i.e. unknown, not absent), "threads": torch's intra-op thread count}."""
+    import torch
+
+    info = _cpuinfo()
+    model, flags = platform.processor() or platform.machine(), None
+    if info is not None:
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        model = fields.get("model name", model)
+        present = set(fields.get("flags", "").split())
+        flags = [flag for flag in SPEED_FLAGS if flag in present]
+    return {"model": model, "flags": flags, "threads": torch.get_num_threads()}
+
+
+def cpu_line(description: dict[str, object] | None = None) -> str:
+    """One line for a speed table: "CPU AMD EPYC; avx2 fma; no avx512_bf16, no amx_bf16; 1 torch thread"."""
+    d = cpu_description() if description is None else description
+    flags = d["flags"]
+    if flags is None:
+        isa = "ISA flags unknown (no /proc/cpuinfo)"
+    else:
+        missing = [f for f in ("avx512_bf16", "amx_bf16") if f not in flags]
+        isa = " ".join(flags) or "none of " + " ".join(SPEED_FLAGS)
+        isa += "".join(f"; no {f}" for f in missing)
+    threads = d["threads"]
+    return f"CPU {d['model']}; {isa}; {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -16,6 +16,7 @@ from torch import Tensor
 from defi.errors import ConfigError
 from defi.models.adapter.configuration import ActionAdapterConfig
 from defi.models.adapter.modeling import DiTActionAdapter
+from defi.models.traced import TracedCall, inference_cache
 
 
 def make_sampler(config: ActionAdapterConfig):
@@ -31,6 +32,22 @@ def make_sampler(config: ActionAdapterConfig):
                                        sample_max_value=config.clip_sample_range)
 
 
+def _denoiser_graph(adapter: DiTActionAdapter) -> TracedCall:
+    """`adapter.denoise` as a traced graph (kept in the adapter's `inference_cache`)."""
+    cache = inference_cache(adapter)
+    graph = cache.get("denoiser")
+    if graph is None:
+        blocks = len(adapter.blocks)
+
+        def denoise(noisy: Tensor, *flat: Tensor) -> tuple[Tensor]:
+            modulations, kv = list(flat[:blocks + 1]), flat[blocks + 1:]
+            context = kv[0] if adapter.config.cond_attention == "prefix" else list(zip(kv[::2], kv[1::2]))
+            return (adapter.denoise(noisy, modulations, context),)
+
+        graph = cache["denoiser"] = TracedCall(adapter, denoise)
+    return graph
+
+
 def _sampler_of(adapter: DiTActionAdapter):
     # kept on the adapter as a plain attribute (not saved): building a scheduler costs more than a denoising step
     scheduler = adapter.__dict__.get("_sampler")
@@ -42,12 +59,14 @@ def _sampler_of(adapter: DiTActionAdapter):
 @torch.no_grad()
 def sample_actions(adapter: DiTActionAdapter, cond_tokens: Tensor, global_cond: Tensor | None = None,
                    generator: torch.Generator | list[torch.Generator] | None = None, num_steps: int | None = None,
-                   noise: Tensor | None = None) -> Tensor:
+                   noise: Tensor | None = None, traced: bool = False) -> Tensor:
     """Denoise pure noise into an action chunk [B, Ha, A] (normalised) in `num_steps` (default 10) steps.
 
     Deterministic given the initial noise: `noise` [B, Ha, A] itself, or drawn from `generator` (one generator, or
     one per batch row so that each row's draw does not depend on the batch it is in). DDIM with eta 0 and
     DPM-Solver++ add no noise after the first draw. Call `.eval()` first if the config uses dropout.
+    `traced`: run the denoiser as a TorchScript trace (`defi.models.traced`; the same operations without the
+    Python interpreter between them), for inference in eval mode.
     """
     cfg = adapter.config
     adapter._check_cond(cond_tokens, global_cond)
@@ -70,9 +89,16 @@ def sample_actions(adapter: DiTActionAdapter, cond_tokens: Tensor, global_cond: 
         shape = (batch, cfg.action_horizon, cfg.action_dim)
         noise = randn_tensor(shape, generator=generator, device=cond_tokens.device, dtype=torch.float32)
     actions = noise.float() * scheduler.init_noise_sigma
+    if traced:
+        graph = _denoiser_graph(adapter)
+        graph.check()
+        kv = [context_kv] if cfg.cond_attention == "prefix" else [t for pair in context_kv for t in pair]
+        denoise = lambda x, modulations: graph(x, *modulations, *kv)[0]  # noqa: E731
+    else:
+        denoise = lambda x, modulations: adapter.denoise(x, modulations, context_kv)  # noqa: E731
     for t, modulations in zip(timesteps, per_step):
         model_input = scheduler.scale_model_input(actions, t)
-        prediction = adapter.denoise(model_input, modulations, context_kv).float()
+        prediction = denoise(model_input, modulations).float()
         actions = scheduler.step(prediction, t, actions).prev_sample
     if cfg.clip_sample:
         actions = actions.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
