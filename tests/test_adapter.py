@@ -225,3 +225,16 @@ def test_traced_denoiser_samples_the_same_actions(sampler, cond_attention, monke
         model.final.out.bias.add_(0.5)
     torch.testing.assert_close(sample_actions(model, cond, glob, noise=noise, traced=True),
                                sample_actions(model, cond, glob, noise=noise), rtol=1e-5, atol=1e-5)
+
+
+def test_sampler_argument_matches_the_configured_sampler():
+    torch.manual_seed(0)
+    model = DiTActionAdapter(tiny_config()).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    other = DiTActionAdapter(tiny_config(sampler="dpm_solver", num_sampling_steps=5)).eval()
+    other.load_state_dict(model.state_dict())
+    _, _, cond, glob = make_batch(model.config)
+    noise = torch.randn(3, model.config.action_horizon, model.config.action_dim)
+    torch.testing.assert_close(sample_actions(model, cond, glob, noise=noise, sampler="dpm_solver", num_steps=5),
+                               sample_actions(other, cond, glob, noise=noise))

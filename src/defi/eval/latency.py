@@ -1,6 +1,6 @@
 """Per-component inference latency of a policy, shaped like paper Table 13, plus the whole `act` step.
 
-Batch 1, the policy's own cameras; each figure is the median of `repeats` timed calls after three warm-up calls.
+Batch 1, the policy's own cameras; each figure is the median of `repeats` timed calls after `WARMUP` calls.
 The components are the policy's own (`policy.timed_parts(batch)`), so this module knows nothing of how a policy
 is built. Figures depend on the machine, so a result records it (`cpu_description`: CPU model, ISA flags, torch
 threads) and, given a `baseline` policy, the baseline's whole `act` timed in alternation with the policy's, and
@@ -21,11 +21,14 @@ from defi.policies.base import observation_to_batch, policy_metadata
 from defi.utils.environment import cpu_description, cpu_line
 
 WHOLE_STEP = "whole act() step"
+# warm-up calls: a traced inference graph runs eagerly twice, is traced at its third call and optimised by
+# TorchScript at its fourth (defi.models.traced)
+WARMUP = 5
 
 
 def timed(fn, repeats: int) -> float:
-    """Median milliseconds of `repeats` calls of `fn` after 3 warm-up calls."""
-    for _ in range(3):
+    """Median milliseconds of `repeats` calls of `fn` after `WARMUP` warm-up calls."""
+    for _ in range(WARMUP):
         fn()
     times = []
     for _ in range(repeats):
@@ -45,8 +48,8 @@ def _observation(meta: Any) -> dict[str, np.ndarray]:
 
 def paired(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
     """Milliseconds of each of `fns` over `repeats` rounds, the functions called in turn within a round (after
-    3 warm-up rounds), so that a change of machine load hits them alike."""
-    for _ in range(3):
+    `WARMUP` warm-up rounds), so that a change of machine load hits them alike."""
+    for _ in range(WARMUP):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}

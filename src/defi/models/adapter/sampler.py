@@ -18,11 +18,17 @@ from defi.models.adapter.configuration import ActionAdapterConfig
 from defi.models.adapter.modeling import DiTActionAdapter
 from defi.models.traced import TracedCall, inference_cache
 
+SAMPLERS = ("ddim", "dpm_solver")
 
-def make_sampler(config: ActionAdapterConfig):
+
+def make_sampler(config: ActionAdapterConfig, kind: str | None = None):
+    """The diffusers scheduler of `kind` (default: the config's `sampler`) on the config's noise schedule."""
+    kind = config.sampler if kind is None else kind
+    if kind not in SAMPLERS:
+        raise ConfigError(f"sampler {kind!r}: expected one of {', '.join(SAMPLERS)}")
     schedule = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                     prediction_type=config.prediction_type)
-    if config.sampler == "ddim":
+    if kind == "ddim":
         return DDIMScheduler(**schedule, clip_sample=config.clip_sample, clip_sample_range=config.clip_sample_range,
                              timestep_spacing="trailing")
     # With sample_max_value = the clip range, diffusers' "dynamic" thresholding reduces to clamping each
@@ -48,19 +54,21 @@ def _denoiser_graph(adapter: DiTActionAdapter) -> TracedCall:
     return graph
 
 
-def _sampler_of(adapter: DiTActionAdapter):
+def _sampler_of(adapter: DiTActionAdapter, kind: str | None):
     # kept on the adapter as a plain attribute (not saved): building a scheduler costs more than a denoising step
-    scheduler = adapter.__dict__.get("_sampler")
-    if scheduler is None:
-        scheduler = adapter.__dict__["_sampler"] = make_sampler(adapter.config)
-    return scheduler
+    kind = adapter.config.sampler if kind is None else kind
+    samplers = adapter.__dict__.setdefault("_samplers", {})
+    if kind not in samplers:
+        samplers[kind] = make_sampler(adapter.config, kind)
+    return samplers[kind]
 
 
 @torch.no_grad()
 def sample_actions(adapter: DiTActionAdapter, cond_tokens: Tensor, global_cond: Tensor | None = None,
                    generator: torch.Generator | list[torch.Generator] | None = None, num_steps: int | None = None,
-                   noise: Tensor | None = None, traced: bool = False) -> Tensor:
-    """Denoise pure noise into an action chunk [B, Ha, A] (normalised) in `num_steps` (default 10) steps.
+                   noise: Tensor | None = None, traced: bool = False, sampler: str | None = None) -> Tensor:
+    """Denoise pure noise into an action chunk [B, Ha, A] (normalised) in `num_steps` (default: the config's
+    `num_sampling_steps`) steps of `sampler` ("ddim" or "dpm_solver"; default: the config's).
 
     Deterministic given the initial noise: `noise` [B, Ha, A] itself, or drawn from `generator` (one generator, or
     one per batch row so that each row's draw does not depend on the batch it is in). DDIM with eta 0 and
@@ -75,7 +83,7 @@ def sample_actions(adapter: DiTActionAdapter, cond_tokens: Tensor, global_cond: 
         raise ConfigError(f"num_steps={steps}: expected an integer in [1, {cfg.num_train_timesteps}]")
     batch = cond_tokens.shape[0]
     context_kv = adapter.context_kv(adapter.encode_condition(cond_tokens))  # shared by all denoising steps
-    scheduler = _sampler_of(adapter)
+    scheduler = _sampler_of(adapter, sampler)
     scheduler.set_timesteps(steps, device=cond_tokens.device)
     # The timestep grid is known in advance, so every step's adaLN parameters come from one batched pass:
     # at batch 1 the adapter is bound by reading weights, and the modulation layers hold ~30% of them.

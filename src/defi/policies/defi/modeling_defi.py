@@ -76,6 +76,11 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
     fast_gfdm: bool = True
     fast_gidm: bool = True
     traced_inference: bool = True
+    # The adapter's sampler and step count at inference when not the config's (None). These CHANGE the actions:
+    # to evaluate a cheaper sampler with a trained policy, set them on the loaded policy (or a fork), e.g.
+    # `policy.sampler, policy.sampling_steps = "dpm_solver", 5`.
+    sampler: str | None = None
+    sampling_steps: int | None = None
 
     def __init__(self, config: DeFIConfig):
         super().__init__()
@@ -296,8 +301,11 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         """Unnormalised action chunks [B, Ha, A] from a batch of observations."""
         tokens, global_cond = self.condition(batch)
         chunk = sample_actions(self.adapter, tokens, global_cond, generator=generator, noise=noise,
-                               traced=self._traced())
+                               traced=self._traced(), sampler=self.sampler, num_steps=self.sampling_steps)
         return self.normalizer.unnormalize("action", chunk)
+
+    def _steps(self) -> int:
+        return self.sampling_steps or self.config.adapter.num_sampling_steps
 
     def _traced(self) -> bool:
         return self.traced_inference and not self.training and not torch.is_grad_enabled()
@@ -325,15 +333,16 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
             "frame encoder (frozen)": lambda: self.current_tokens(images),
             "Video Former": lambda: self.video_tokens(feats, images.shape[0]),
             "MLP + GIDM encoder": lambda: self.latent_actions(current, future, words),
-            f"adapter ({self.config.adapter.num_sampling_steps}-step sampling)":
-                lambda: sample_actions(self.adapter, tokens, cond, traced=self._traced()),
+            f"adapter ({self._steps()}-step sampling)":
+                lambda: sample_actions(self.adapter, tokens, cond, traced=self._traced(), sampler=self.sampler,
+                                       num_steps=self.sampling_steps),
         }
 
     @property
     def metadata(self) -> PolicyMetadata:
         cfg = self.config
         return PolicyMetadata("defi", list(cfg.cameras), [cfg.image_size, cfg.image_size], cfg.state_dim,
-                              cfg.action_dim, cfg.action_horizon, cfg.adapter.num_sampling_steps)
+                              cfg.action_dim, cfg.action_horizon, self._steps())
 
     def _init_episode_state(self) -> None:
         super()._init_episode_state()

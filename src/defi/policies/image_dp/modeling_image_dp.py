@@ -30,6 +30,11 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
     # in eval mode without gradients the encoder and the denoiser run as traced graphs (`defi.models.traced`: the
     # same actions up to float rounding, without Python between the operations); benchmarks switch it off
     traced_inference: bool = True
+    # The adapter's sampler and step count at inference when not the config's (None). These CHANGE the actions:
+    # to evaluate a cheaper sampler with a trained policy, set them on the loaded policy (or a fork), e.g.
+    # `policy.sampler, policy.sampling_steps = "dpm_solver", 5`.
+    sampler: str | None = None
+    sampling_steps: int | None = None
 
     def __init__(self, config: ImageDPConfig):
         super().__init__()
@@ -86,8 +91,11 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         cond = self.encode_images(batch["images"])
         global_cond = self.global_condition(batch["instruction"], batch.get("state"))
         chunk = sample_actions(self.adapter, cond, global_cond, generator=generator, noise=noise,
-                               traced=self._traced())
+                               traced=self._traced(), sampler=self.sampler, num_steps=self.sampling_steps)
         return self.normalizer.unnormalize("action", chunk)
+
+    def _steps(self) -> int:
+        return self.sampling_steps or self.config.adapter.num_sampling_steps
 
     def _traced(self) -> bool:
         return self.traced_inference and not self.training and not torch.is_grad_enabled()
@@ -107,11 +115,12 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         cond = self.encode_images(batch["images"])
         global_cond = self.global_condition(batch["instruction"], batch.get("state"))
         return {"image encoder": lambda: self.encode_images(batch["images"]),
-                f"adapter ({self.config.adapter.num_sampling_steps}-step sampling)":
-                    lambda: sample_actions(self.adapter, cond, global_cond, traced=self._traced())}
+                f"adapter ({self._steps()}-step sampling)":
+                    lambda: sample_actions(self.adapter, cond, global_cond, traced=self._traced(),
+                                           sampler=self.sampler, num_steps=self.sampling_steps)}
 
     @property
     def metadata(self) -> PolicyMetadata:
         cfg = self.config
         return PolicyMetadata("image_dp", list(cfg.cameras), [cfg.image_size, cfg.image_size], cfg.state_dim,
-                              cfg.action_dim, cfg.action_horizon, cfg.adapter.num_sampling_steps)
+                              cfg.action_dim, cfg.action_horizon, self._steps())
