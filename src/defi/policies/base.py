@@ -261,7 +261,8 @@ class TorchPolicyMixin:
 
     @property
     def device(self) -> torch.device:
-        # lazily: listing every tensor first walked the module tree twice (~3 ms per `act` for DeFI's 680 modules)
+        # lazily: listing every tensor first walked the module tree twice (3-5 ms for DeFI's 680 modules, measured
+        # by benchmarks/bench_step.py, and `act` asked twice)
         tensor = next(itertools.chain(self.parameters(), self.buffers()), None)  # type: ignore[attr-defined]
         return tensor.device if tensor is not None else torch.device("cpu")
 
@@ -319,7 +320,7 @@ def act_batch(policies: Sequence[Any], observations: Sequence[Mapping[str, Any]]
     if meta.state_dim:
         batch["state"] = torch.cat([r["state"] for r in rows])
     noise = torch.stack([p.episode_noise() for p in policies])
-    if template.training:  # `eval()` walks every module (~4 ms for DeFI's 680): only when it changes something
+    if getattr(template, "training", True):  # `eval()` walks every module (6-8 ms for DeFI's 680): only if needed
         template.eval()
     with torch.no_grad():
         chunks = template.predict_action_chunk(batch, noise=noise)

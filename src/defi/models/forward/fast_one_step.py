@@ -214,8 +214,8 @@ class FastOneStep:
         self._check_weights()
         views = images.shape[1] if images.ndim == 5 else 1
         n = images.shape[0] * views
-        if len(instructions) * views != n:
-            raise ConfigError(f"{len(instructions)} instructions for {n // views} clips")
+        if len(instructions) * views != n or not all(isinstance(text, str) for text in instructions):
+            raise ShapeError(f"expected one instruction string per clip, got {len(instructions)} for {n // views}")
         self._const = self._model_constants(n, images.device)  # read by _unet (a constant of its traces)
         kv = [t for pair in self._context_kv(instructions, views) for t in pair]
         if traced:
