@@ -25,6 +25,7 @@ import torch
 
 from defi.models.adapter import ActionAdapterConfig, DiTActionAdapter, sample_actions
 from defi.policies.image_dp import ImageDPConfig, ImageDPPolicy
+from defi.utils.environment import describe_cpu
 
 POLICY_BUDGET_MS = 50.0  # issue 6: a whole policy step at 20 Hz
 PAPER_ADAPTER_MS_4090 = 24.3  # paper Table 13 (RTX 4090); other hardware, printed for orientation only
@@ -98,6 +99,7 @@ def main() -> None:
     # (cond_dim, global_cond_dim) per size: small = MiniLM-sized features; paper = GIDM width 768, CLIP text 512
     interface = {"small": (384, 384), "paper": (768, 512)}
     n = args.cond_tokens
+    print(describe_cpu())
     print(f"device={device} threads={torch.get_num_threads()} condition tokens N={n} "
           f"(cond_dim, global_dim)={interface}")
     print("'x ref' = median time / median time of the reference workload (20 x tanh(256x256 matmul)) timed "

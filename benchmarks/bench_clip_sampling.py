@@ -111,6 +111,9 @@ def main() -> None:
             generate_metaworld(MetaWorldGenConfig(out=store, tasks="reach,push,button-press,drawer-close",
                                                   episodes_per_task=3, cameras=cameras, progress=False))
         ds = ClipDataset(store, cameras=cameras, future_frames=8, action_horizon=8, split="all")
+        from defi.utils.environment import describe_cpu
+
+        print(describe_cpu())
         print(f"store {store}: {len(ds)} clips, views {cameras}, 64x64, H=8, batch {args.batch}, "
               f"{args.workers} DataLoader workers, cpu cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
         cold, warm = measure(ds, args.workers, args.batch, args.clips)

@@ -142,6 +142,9 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
     details = [float(x) for x in args.mesh_detail.split(",") if x]
     task = args.tasks.split(",")[0] if not args.tasks.upper().startswith("MT") else "push"
+    from defi.utils.environment import describe_cpu
+
+    print(describe_cpu())
     print(f"cpu cores {os.cpu_count()}, load average {os.getloadavg()}, {args.tasks} x {args.episodes} episodes, "
           f"cameras {cameras}, {args.size}x{args.size}")
 

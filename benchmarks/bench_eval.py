@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     episodes = len(args.tasks) * args.episodes_per_task
     print(f"{episodes} episodes ({', '.join(args.tasks)}), <= {args.max_episode_steps} steps, chunk of "
           f"{args.execute_steps} executed per call, camera {args.camera}; DeFI small, random weights; "
-          f"CPU {describe_cpu(threads=1)} per process")
+          f"{describe_cpu(threads=1)} per process")
     rows = {}
     modes = [("former: %d processes, batch 1" % args.workers, dict(num_workers=args.workers, batch_size=1))]
     modes += [(f"batched: {args.batched_workers} processes, batch {b}",

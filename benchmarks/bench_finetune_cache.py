@@ -78,6 +78,9 @@ def main() -> None:
             elapsed[name] += time.perf_counter() - t0
     rate = {k: args.steps / v for k, v in elapsed.items()}
     saved = elapsed["uncached"] / args.steps - elapsed["cached"] / args.steps
+    from defi.utils.environment import describe_cpu
+
+    print(describe_cpu())
     print(f"DeFI finetuning, preset 'small', trainable={args.trainable}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, {len(train)} training clips, {args.steps} timed steps per mode")
     print(f"cache: {', '.join(cache.features)}; {cache.nbytes() / 2**20:.1f} MiB "

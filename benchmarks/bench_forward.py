@@ -23,6 +23,7 @@ import time
 import torch
 
 from defi.models.forward import ForwardDynamicsConfig, ForwardDynamicsModel, one_step, sample_future
+from defi.utils.environment import describe_cpu
 
 
 def random_batch(cfg, batch: int, views: int) -> dict:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.backend == "svd":
         cfg.pretrained = ""  # speed does not depend on the weights' values
     model = ForwardDynamicsModel(cfg)
+    print(describe_cpu())
     print(f"preset {args.preset}: backend {cfg.backend}, {cfg.image_size}x{cfg.image_size}, {cfg.num_frames} frames, "
           f"latents {cfg.latent_channels}x{cfg.latent_side}x{cfg.latent_side}, {count(model) / 1e6:.2f}M parameters, "
           f"torch threads {torch.get_num_threads()}")

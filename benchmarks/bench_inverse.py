@@ -16,6 +16,7 @@ import time
 import torch
 
 from defi.models.inverse import GIDM, GIDMConfig, table7_variant
+from defi.utils.environment import describe_cpu
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:
@@ -72,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(describe_cpu())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
 
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)

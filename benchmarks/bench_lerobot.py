@@ -140,6 +140,9 @@ def main() -> None:
         video_mb = sum(p.stat().st_size for p in Path(dataset, "videos").rglob("*.mp4")) / 2**20
         print(f"dataset {dataset}: {len(source.source_episodes)} episodes, {frames} frames at {fps:g} fps, "
               f"{video_mb:.1f} MiB of mp4")
+        from defi.utils.environment import describe_cpu
+
+        print(describe_cpu())
         print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
               f"{args.workers} DataLoader workers, batch {args.batch}, load average {os.getloadavg()[0]:.2f}")
         dims = {"state_dim": state_dim, "action_dim": action_dim,

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from defi.train.trainer import Trainer, TrainerConfig, resolve_mixed_precision
+from defi.utils.environment import describe_cpu
 
 
 class Tokens(Dataset):
@@ -54,6 +55,7 @@ def main() -> None:
     measure("no", 3)  # warm-up
     fp32 = measure("no", args.steps)
     bf16 = measure("bf16", args.steps)
+    print(describe_cpu())
     print(f"trainer fp32: {fp32:.1f} samples/s")
     print(f"trainer bf16: {bf16:.1f} samples/s")
     print(f"bf16/fp32 ratio: {bf16 / fp32:.2f}x  (mixed_precision='auto' picks {resolve_mixed_precision('auto')!r} here)")

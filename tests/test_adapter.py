@@ -203,3 +203,38 @@ def test_bf16_autocast_keeps_the_sampler_in_float32():
         chunk = sample_actions(model, cond, glob, num_steps=2)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert chunk.dtype == torch.float32 and torch.isfinite(chunk).all()
+
+
+@pytest.mark.parametrize("cond_attention", ["cross", "prefix"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
+def test_traced_denoiser_samples_the_same_actions(sampler, cond_attention, monkeypatch):
+    monkeypatch.setattr("defi.models.traced.TRACE_AFTER", 0)  # trace at the first call
+    torch.manual_seed(0)
+    model = DiTActionAdapter(tiny_config(sampler=sampler, cond_attention=cond_attention, clip_sample=False)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)  # off the zero initialisation, so every layer counts
+    for batch in (1, 3):  # one traced graph per batch size
+        _, _, cond, glob = make_batch(model.config, batch=batch)
+        noise = torch.randn(batch, model.config.action_horizon, model.config.action_dim)
+        plain = sample_actions(model, cond, glob, noise=noise)
+        for _ in range(2):
+            torch.testing.assert_close(sample_actions(model, cond, glob, noise=noise, traced=True), plain,
+                                       rtol=1e-5, atol=1e-5)
+    # the graph reads the parameters live: a weight update shows without re-tracing
+    with torch.no_grad():
+        model.final.out.bias.add_(0.5)
+    torch.testing.assert_close(sample_actions(model, cond, glob, noise=noise, traced=True),
+                               sample_actions(model, cond, glob, noise=noise), rtol=1e-5, atol=1e-5)
+
+
+def test_sampler_argument_matches_the_configured_sampler():
+    torch.manual_seed(0)
+    model = DiTActionAdapter(tiny_config()).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    other = DiTActionAdapter(tiny_config(sampler="dpm_solver", num_sampling_steps=5)).eval()
+    other.load_state_dict(model.state_dict())
+    _, _, cond, glob = make_batch(model.config)
+    noise = torch.randn(3, model.config.action_horizon, model.config.action_dim)
+    torch.testing.assert_close(sample_actions(model, cond, glob, noise=noise, sampler="dpm_solver", num_steps=5),
+                               sample_actions(other, cond, glob, noise=noise))

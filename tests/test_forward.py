@@ -10,6 +10,7 @@ import torch
 from defi.config import from_dict, to_dict
 from defi.errors import CheckpointError, ConfigError, ShapeError
 from defi.models.forward import (
+    FastOneStep,
     ForwardDynamicsConfig,
     ForwardDynamicsModel,
     VideoFormer,
@@ -147,6 +148,44 @@ def test_one_step_features_are_deterministic_and_follow_the_instruction(tiny_mod
     assert len(calls) == 1
     with pytest.raises(ConfigError, match="features.layers"):
         one_step(tiny_model, batch["images"], batch["instruction_tokens"], layers=("up_blocks.9",))
+
+
+@pytest.mark.parametrize("preset, traced", [("tiny", (False, True, True)), ("tiny-svd", (False,))])
+def test_fast_one_step_equals_one_step(preset, traced, monkeypatch):
+    """The inference path (constants once, merged cross-attention, traced or not) gives one_step's values."""
+    monkeypatch.setattr("defi.models.traced.TRACE_AFTER", 0)  # trace at the first call
+    torch.manual_seed(0)
+    model = ForwardDynamicsModel(ForwardDynamicsConfig.preset(preset)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # every layer away from its initialisation
+    images = clip_batch(model.config)["images"]  # 2 clips x 2 views
+    words = ["push the puck to the goal", "open the drawer"]
+    fast = FastOneStep(model)
+
+    def check() -> None:
+        with torch.no_grad():
+            ref = one_step(model, images, words)
+            out = fast(images, words)
+            assert set(out) == set(ref)
+            for name in ref:
+                torch.testing.assert_close(out[name], ref[name], rtol=1e-4, atol=1e-5)
+            for mode in traced:  # the second call of a trace runs TorchScript's optimised plan
+                feats, future, hidden = fast.features(images, words, view=1, frame=-1, traced=mode)
+                torch.testing.assert_close(future, ref["latents"].unflatten(0, (B, V))[:, 1, -1], rtol=1e-4,
+                                           atol=1e-5)
+                torch.testing.assert_close(fast.latents(hidden), ref["latents"], rtol=1e-4, atol=1e-5)
+                for name in feats:
+                    torch.testing.assert_close(feats[name], ref[name], rtol=1e-4, atol=1e-5)
+
+    check()
+    # constants and keys/values derive from the weights: an in-place update must rebuild them
+    with torch.no_grad():
+        model.text_proj.bias.add_(1.0)
+        model.unet.conv_in.weight.mul_(1.5)
+    check()
+    # outside a FastOneStep call the processors compute the keys/values themselves, as in training
+    assert all(processor.kv is None for _, processor in fast.cross)
 
 
 def test_video_former_turns_features_into_fixed_tokens(tiny_model):

@@ -220,3 +220,18 @@ def test_bad_config_raises_config_error_naming_the_key():
         from_dict(GIDMConfig, {"architecture": "lstm"})
     with pytest.raises(ConfigError, match="num_action_querys"):
         from_dict(GIDMConfig, {"num_action_querys": 4})
+
+
+def test_queries_only_encoder_gives_the_same_latent_actions():
+    # inference computes the last ST block only for what the action queries at the e_{t+n} step read
+    torch.manual_seed(0)
+    model = GIDM(gidm_tiny()).eval()
+    cur, fut, text, mask = inputs()
+    with torch.no_grad():
+        full, codes = model.infer_latent_actions(cur, fut, text, mask)
+        pruned, pruned_codes = model.infer_latent_actions(cur, fut, text, mask, queries_only=True)
+        pre_full = model._encode_tokens(cur, fut, text, mask)
+        pre_pruned = model._encode_tokens(cur, fut, text, mask, queries_only=True)
+    torch.testing.assert_close(pre_pruned, pre_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pruned, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(codes, pruned_codes)

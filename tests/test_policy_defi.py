@@ -142,3 +142,41 @@ def test_bad_observations_name_the_key(policy):
     with pytest.raises(DefiError, match="observation.state: expected 4 values"):
         policy.act({"observation.images.corner": np.zeros((32, 32, 3), np.uint8),
                     "observation.state": np.zeros(3, np.float32)}, "x")
+
+
+def test_inference_path_gives_the_training_path_actions(monkeypatch):
+    """The default inference path (FastOneStep, the GIDM's pruned last block, traced graphs) computes the same
+    condition tokens, actions and imagined frames as the training path, at batch 1 and 2, and follows weight
+    updates."""
+    monkeypatch.setattr("defi.models.traced.TRACE_AFTER", 0)  # trace at the first call
+    torch.manual_seed(0)
+    policy = DeFIPolicy(policy_tiny())
+    policy.normalizer.set_stats({"action": STATS, "observation.state": STATS})
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # off the zero initialisations, so that every part counts
+    policy.eval()
+    plain = policy.fork()
+    plain.fast_gfdm = plain.fast_gidm = plain.traced_inference = False
+
+    def check(sizes) -> None:
+        for b in sizes:
+            batch = tiny_batch(b, seed=b)
+            noise = torch.randn(b, 4, 4, generator=torch.Generator().manual_seed(b))
+            with torch.no_grad():
+                tokens, cond = policy.condition(batch)
+                ref_tokens, ref_cond = plain.condition(batch)
+                torch.testing.assert_close(tokens, ref_tokens, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(cond, ref_cond)
+                actions = policy.predict_action_chunk(batch, noise=noise)
+                ref = plain.predict_action_chunk(batch, noise=noise)
+            assert (actions.abs() < 0.99).any()  # not all clipped to the action range
+            torch.testing.assert_close(actions, ref, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(torch.from_numpy(policy.imagined_frames(b - 1)).float(),
+                                       torch.from_numpy(plain.imagined_frames(b - 1)).float(), rtol=0, atol=1.0)
+
+    check((1, 2, 2))  # the second call of a graph runs TorchScript's optimised plan
+    with torch.no_grad():  # traces and precomputed constants must follow the new weights
+        for module in (policy.gfdm, policy.gidm, policy.adapter):
+            next(module.parameters()).mul_(1.1)
+    check((2,))

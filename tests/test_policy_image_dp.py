@@ -143,3 +143,36 @@ def test_runs_under_the_shared_trainer_and_saves(tmp_path):
     model.save_pretrained(tmp_path / "run" / "model")
     loaded = ImageDPPolicy.from_pretrained(tmp_path / "run" / "model")
     assert torch.equal(loaded.normalizer.fields["action"].max, torch.tensor(ACTION_STATS["max"]))
+
+
+def test_traced_inference_gives_the_same_actions(monkeypatch):
+    monkeypatch.setattr("defi.models.traced.TRACE_AFTER", 0)  # trace at the first call
+    model = make_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.eval()
+    plain = model.fork()
+    plain.traced_inference = False
+    for b in (1, 3):
+        batch = make_batch(model, batch=b)
+        noise = torch.randn(b, model.config.action_horizon, 4, generator=torch.Generator().manual_seed(b))
+        ref = plain.predict_action_chunk(batch, noise=noise)
+        for _ in range(2):
+            torch.testing.assert_close(model.predict_action_chunk(batch, noise=noise), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_sampler_override_on_a_fork_leaves_the_policy_alone():
+    model = make_model().eval()
+    batch = make_batch(model, batch=2)
+    noise = torch.randn(2, model.config.action_horizon, 4, generator=torch.Generator().manual_seed(0))
+    default = model.predict_action_chunk(batch, noise=noise)
+    fast = model.fork()
+    fast.sampler, fast.sampling_steps = "dpm_solver", 5
+    assert fast.metadata.sampling_steps == 5 and model.metadata.sampling_steps == model.config.adapter.num_sampling_steps
+    other = fast.predict_action_chunk(batch, noise=noise)
+    assert other.shape == default.shape and not torch.allclose(other, default)
+    torch.testing.assert_close(model.predict_action_chunk(batch, noise=noise), default)
+    fast.sampler = "euler"
+    with pytest.raises(ConfigError, match="sampler 'euler'"):
+        fast.predict_action_chunk(batch, noise=noise)

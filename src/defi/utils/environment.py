@@ -10,55 +10,57 @@ from importlib import metadata
 
 from defi.config import Config
 
+# The ISA extensions that decide CPU speed figures here: AVX2/FMA (fp32 kernels), AVX-512, and the native bf16
+# instructions (avx512_bf16, AMX) without which bf16 autocast is emulated and slower than fp32 (measured 20x slower
+# on an AVX2-only CPU).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return None
+
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (avx512_bf16 or AMX), where bf16 autocast pays."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = cpu_description()["flags"] or []
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# x86 instruction sets that decide CPU inference speed: AVX2 is the baseline of recent kernels, AVX-512 doubles the
-# vector width, avx512_bf16 / AMX (Sapphire Rapids and later) make bf16 matrix products pay (bf16 autocast on a CPU
-# without them was measured many times slower than fp32).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
 def cpu_description() -> dict[str, object]:
-    """What a speed figure must name (machines differ): the CPU model, which of `ISA_FLAGS` it has, the number of
-    logical CPUs and torch's thread count (from /proc/cpuinfo on Linux; elsewhere `platform.processor()`)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break  # the first core's block is enough (x86 lists the model name before the flags)
-    except OSError:
-        pass
+    """What a CPU speed figure depends on (machines differ): {"model": CPU model name, "flags": the `SPEED_FLAGS`
+    this CPU has (None where /proc/cpuinfo cannot be read, i.e. unknown, not absent), "cpus": logical CPUs,
+    "threads": torch's intra-op thread count}."""
     import torch
 
-    return {"model": model, "flags": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads()}
+    info = _cpuinfo()
+    model, flags = platform.processor() or platform.machine(), None
+    if info is not None:
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        model = fields.get("model name", model)
+        present = set(fields.get("flags", "").split())
+        flags = [flag for flag in SPEED_FLAGS if flag in present]
+    return {"model": model, "flags": flags, "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
 
 
-def describe_cpu(threads: int | None = None) -> str:
-    """One line for benchmark and latency tables, e.g. "AMD EPYC, 2 logical CPUs, avx2 (no avx512f, avx512_bf16,
-    amx_bf16, amx_tile), 1 torch thread"."""
-    info = cpu_description()
-    have: list[str] = info["flags"]  # type: ignore[assignment]
-    missing = ", ".join(f for f in ISA_FLAGS if f not in have)
-    line = f"{info['model']}, {info['cpus']} logical CPUs, " + (" ".join(have) or "none of " + " ".join(ISA_FLAGS))
-    if have and missing:
-        line += f" (no {missing})"
-    threads = info["threads"] if threads is None else threads
-    return line + f", {threads} torch thread{'s' if threads != 1 else ''}"
+def describe_cpu(threads: int | None = None, description: dict[str, object] | None = None) -> str:
+    """One line for a speed table: "CPU AMD EPYC (2 logical CPUs); avx2 fma; no avx512_bf16, no amx_bf16; 1 torch
+    thread" (`threads` overrides the current thread count, e.g. for another process)."""
+    d = cpu_description() if description is None else description
+    flags = d["flags"]
+    if flags is None:
+        isa = "ISA flags unknown (no /proc/cpuinfo)"
+    else:
+        missing = [f for f in ("avx512_bf16", "amx_bf16") if f not in flags]
+        isa = " ".join(flags) or "none of " + " ".join(SPEED_FLAGS)
+        isa += "".join(f"; no {f}" for f in missing)
+    threads = d["threads"] if threads is None else threads
+    return (f"CPU {d['model']} ({d.get('cpus')} logical CPUs); {isa}; "
+            f"{threads} torch thread{'s' if threads != 1 else ''}")
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -124,11 +124,14 @@ def stage_latency(cfg: DemoConfig) -> dict[str, Any]:
     from defi.policies import load_policy
 
     policy = load_policy(Path(cfg.run_dir) / "compare" / "defi" / "model")
+    # the image diffusion policy, timed in turn with DeFI: the ratio holds on other machines, milliseconds do not
+    dp_dir = Path(cfg.run_dir) / "compare" / "image_dp" / "model"
+    baseline = load_policy(dp_dir) if (dp_dir / "config.json").is_file() else None
     threads = torch.get_num_threads()
-    out = {"all_threads": policy_latency(policy, cfg.latency_repeats)}
+    out = {"all_threads": policy_latency(policy, cfg.latency_repeats, baseline=baseline)}
     try:  # one thread: what each evaluation worker process gets
         torch.set_num_threads(1)
-        out["one_thread"] = policy_latency(policy, cfg.latency_repeats)
+        out["one_thread"] = policy_latency(policy, cfg.latency_repeats, baseline=baseline)
     finally:
         torch.set_num_threads(threads)
     path = Path(cfg.run_dir) / "latency.json"

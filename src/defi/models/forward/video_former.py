@@ -89,6 +89,17 @@ class VideoFormer(PretrainedMixin, nn.Module):
         self.blocks = nn.ModuleList(VideoFormerBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(d)
 
+    def _position(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """The 2-D sin-cos position embedding [h * w, dim], computed once per grid (a few dozen small operations
+        otherwise repeated at every call; kept in a plain dict, not saved)."""
+        cache = self.__dict__.setdefault("_positions", {})
+        key = (h, w, device)
+        if key not in cache:
+            with torch.inference_mode(False):  # a normal tensor even if first made under inference mode
+                cache[key] = get_2d_sincos_pos_embed(self.config.dim, (h, w), base_size=max(h, w), device=device,
+                                                     output_type="pt")
+        return cache[key]
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """features {layer: [n, f, C, h, w]} -> tokens [n, f * num_queries, dim]."""
         cfg = self.config
@@ -104,7 +115,7 @@ class VideoFormer(PretrainedMixin, nn.Module):
                 )
             n, f, _, h, w = x.shape
             tokens = self.proj[i](rearrange(x, "n f c h w -> (n f) (h w) c").to(self.queries.dtype))
-            pos = get_2d_sincos_pos_embed(cfg.dim, (h, w), base_size=max(h, w), device=x.device, output_type="pt")
+            pos = self._position(h, w, x.device)
             memory.append(tokens + pos.to(tokens.dtype) + self.layer_embed[i])
         memory = torch.cat(memory, dim=1)
         queries = self.queries.unsqueeze(0).expand(n * f, -1, -1)

@@ -138,8 +138,9 @@ class GIDM(PretrainedMixin, nn.Module):
             return torch.zeros(batch, 0, d, device=device), torch.zeros(batch, 0, dtype=torch.bool, device=device)
         return self.text_in(text_tokens.to(self.text_type.dtype)) + self.text_type, text_mask.bool()
 
-    def _encode_tokens(self, current, future, text_tokens, text_mask) -> torch.Tensor:
-        """-> [B, N, dim] action-query outputs before the bottleneck."""
+    def _encode_tokens(self, current, future, text_tokens, text_mask, queries_only: bool = False) -> torch.Tensor:
+        """-> [B, N, dim] action-query outputs before the bottleneck. `queries_only`: the ST-transformer's last
+        block computes only what the action queries at the e_{t+n} step need (the same values, less work)."""
         cfg = self.config
         b, n = current.shape[0], cfg.num_action_queries
         frames = self.frame_in(torch.stack([current, future], 1).to(self.patch_pos.dtype)) + self.patch_pos[:, None]
@@ -154,11 +155,11 @@ class GIDM(PretrainedMixin, nn.Module):
             return self.encoder_norm(out)
         frames = frames + self.time_pos
         queries = self.action_queries.expand(b, -1, -1)
-        p, l_text = cfg.num_patches, text.shape[1]
+        p = cfg.num_patches
         ones = lambda k: torch.ones(b, k, dtype=torch.bool, device=current.device)  # noqa: E731
         if cfg.architecture == "st_transformer":
-            steps = self.st_states(frames, text, tmask, queries)
-            out = steps[:, 1, p + l_text :]  # queries at the e_{t+n} step (they see both steps)
+            steps = self.st_states(frames, text, tmask, queries, keep_last=n if queries_only else 0)
+            out = steps[:, -1, -n:]  # queries at the e_{t+n} step (they see both steps)
         else:  # plain transformer over one sequence, no causal mask (Table 7 baseline)
             seq = torch.cat([rearrange(frames, "b t p d -> b (t p) d"), text, queries], 1)
             mask = rearrange(torch.cat([ones(2 * p), tmask, ones(n)], 1), "b s -> b 1 1 s")
@@ -174,10 +175,11 @@ class GIDM(PretrainedMixin, nn.Module):
         text, tmask = self._text(text_tokens, text_mask, b, current_tokens.device)
         return self.st_states(frames, text, tmask, self.action_queries.expand(b, -1, -1))
 
-    def st_states(self, frames, text, text_mask, queries) -> torch.Tensor:
+    def st_states(self, frames, text, text_mask, queries, keep_last: int = 0) -> torch.Tensor:
         """ST-transformer over per-step sequences [patches of that frame, instruction, action queries].
 
-        frames [B, 2, P, dim] (e_t, e_{t+n}, embedded); returns all token states [B, 2, P + L + N, dim].
+        frames [B, 2, P, dim] (e_t, e_{t+n}, embedded); returns all token states [B, 2, P + L + N, dim], or with
+        `keep_last=k` only the last k tokens of the e_{t+n} step [B, 1, k, dim] (SpatioTemporalBlock).
         """
         b, p, n = frames.shape[0], frames.shape[2], queries.shape[1]
         steps = torch.cat(
@@ -186,8 +188,8 @@ class GIDM(PretrainedMixin, nn.Module):
         )
         ones = lambda k: torch.ones(b, k, dtype=torch.bool, device=frames.device)  # noqa: E731
         mask = torch.cat([ones(p), text_mask, ones(n)], 1)
-        for block in self.encoder:
-            steps = block(steps, mask)
+        for i, block in enumerate(self.encoder):
+            steps = block(steps, mask, keep_last=keep_last if i == len(self.encoder) - 1 else 0)
         return steps
 
     def encode(
@@ -196,9 +198,10 @@ class GIDM(PretrainedMixin, nn.Module):
         future_tokens: torch.Tensor,
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
+        queries_only: bool = False,
     ) -> LatentActions:
         self._check_inputs(current_tokens, future_tokens, text_tokens, text_mask)
-        pre = self.to_code(self._encode_tokens(current_tokens, future_tokens, text_tokens, text_mask))
+        pre = self.to_code(self._encode_tokens(current_tokens, future_tokens, text_tokens, text_mask, queries_only))
         q = self.quantizer(pre)
         return LatentActions(self.from_code(q.quantized), q.indices, pre, q.loss)
 
@@ -208,9 +211,11 @@ class GIDM(PretrainedMixin, nn.Module):
         future_tokens: torch.Tensor,
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
+        queries_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Latent actions for the coupled policy: (features [B, N, dim], codes). See the module docstring."""
-        out = self.encode(current_tokens, future_tokens, text_tokens, text_mask)
+        """Latent actions for the coupled policy: (features [B, N, dim], codes). See the module docstring.
+        `queries_only`: skip the last block's work that the action queries do not read (inference)."""
+        out = self.encode(current_tokens, future_tokens, text_tokens, text_mask, queries_only)
         return out.features, out.codes
 
     # ---------------------------------------------------------------------------------------------- decoder

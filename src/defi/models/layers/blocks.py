@@ -47,16 +47,29 @@ class SpatioTemporalBlock(nn.Module):
         self.norm_m = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
-    def forward(self, x: Tensor, spatial_mask: Tensor | None = None) -> Tensor:
-        """x [B, T, S, D]; spatial_mask bool [B, S] (True on real tokens) applied as a key mask at every step."""
+    def forward(self, x: Tensor, spatial_mask: Tensor | None = None, keep_last: int = 0) -> Tensor:
+        """x [B, T, S, D]; spatial_mask bool [B, S] (True on real tokens) applied as a key mask at every step.
+
+        `keep_last=k` returns only the last k tokens of the last step, [B, 1, k, D], computing only what they
+        depend on: every token's keys/values in the spatial attention, the k positions' temporal attention,
+        the last step's MLP rows (the GIDM reads only its action queries at the last step; per row the same
+        operations as the full block)."""
         b, t, s, _ = x.shape
         xs = rearrange(x, "b t s d -> (b t) s d")
         mask = None
         if spatial_mask is not None:
             mask = rearrange(spatial_mask[:, None].expand(b, t, s), "b t s -> (b t) 1 1 s")
-        xs = xs + self.spatial(self.norm_s(xs), mask=mask)
+        normed = self.norm_s(xs)
+        if keep_last:
+            kv = self.spatial.project_kv(normed)
+            xs, normed = xs[:, -keep_last:], normed[:, -keep_last:]
+            xs = xs + self.spatial(normed, mask=mask, kv=kv)
+        else:
+            xs = xs + self.spatial(normed, mask=mask)
         xt = rearrange(xs, "(b t) s d -> (b s) t d", b=b)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         xt = xt + self.temporal(self.norm_t(xt), mask=causal)
+        if keep_last:
+            xt = xt[:, -1:]
         xt = xt + self.mlp(self.norm_m(xt))
         return rearrange(xt, "(b s) t d -> b t s d", b=b)

@@ -41,8 +41,16 @@ from defi.errors import DefiError, ShapeError, check_shape
 from defi.models.adapter import DiTActionAdapter, sample_actions
 from defi.models.base import PretrainedMixin
 from defi.models.encoders import shared_encoder
-from defi.models.forward import ForwardDynamicsModel, VideoFormer, one_step, to_uint8, to_unit_range
+from defi.models.forward import (
+    ForwardDynamicsModel,
+    VideoFormer,
+    fast_one_step,
+    one_step,
+    to_uint8,
+    to_unit_range,
+)
 from defi.models.inverse import GIDM
+from defi.models.traced import TracedCall, inference_cache
 from defi.policies.base import Normalizer, PolicyMetadata, TorchPolicyMixin
 from defi.policies.defi.configuration_defi import DeFIConfig, Trainable
 
@@ -61,6 +69,18 @@ def run_model_dir(run: str | Path, what: str) -> Path:
 class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
     config_class: ClassVar[type] = DeFIConfig
     components: ClassVar[tuple[str, ...]] = ("gfdm", "gidm", "video_former", "adapter")
+    # Inference optimisations (eval mode, no gradients; each keeps the actions equal up to float rounding and is
+    # switched off per instance by benchmarks/bench_step.py to measure it): the GFDM's one-step features by
+    # `FastOneStep` (constants computed once), the GIDM's last block on the action queries only, and the
+    # networks run as traced graphs (`defi.models.traced`).
+    fast_gfdm: bool = True
+    fast_gidm: bool = True
+    traced_inference: bool = True
+    # The adapter's sampler and step count at inference when not the config's (None). These CHANGE the actions:
+    # to evaluate a cheaper sampler with a trained policy, set them on the loaded policy (or a fork), e.g.
+    # `policy.sampler, policy.sampling_steps = "dpm_solver", 5`.
+    sampler: str | None = None
+    sampling_steps: int | None = None
 
     def __init__(self, config: DeFIConfig):
         super().__init__()
@@ -94,6 +114,7 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
             fields["observation.state"] = (config.state_dim, "mean_std")
         self.normalizer = Normalizer(fields)
         self.set_trainable(config.trainable)
+        inference_cache(self)  # made here, so that forks share it
         self._init_episode_state()
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -175,11 +196,19 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         """(1) The GFDM, ONE denoising step: block features {layer: [(b v), f, C, h, w]} and the GIDM view's chosen
         predicted frame's latents [b, C, h', w']. Gradients only when Table 9 trains the GFDM."""
         grad = self.gfdm_trains and self.training and torch.is_grad_enabled()
+        if self.fast_gfdm and not self.training and not torch.is_grad_enabled():
+            # evaluation: the same features from `FastOneStep` (constants computed once, the output layer on the
+            # one frame read here); the other frames' latents are computed only if `imagined_frames` asks
+            runner = fast_one_step(self.gfdm)
+            feats, future, hidden = runner.features(images, list(instructions), self.config.gidm_view,
+                                                    self.config.future_frame, traced=self.traced_inference)
+            self._imagined, self._imagined_hidden, self._last_current = None, hidden, images
+            return feats, future
         with torch.set_grad_enabled(grad):
             feats = one_step(self.gfdm, images, list(instructions))
         latents = feats.pop("latents")
         if not self.training:  # what `imagined_frames` shows in evaluation videos
-            self._imagined, self._last_current = latents.detach(), images.detach()
+            self._imagined, self._imagined_hidden, self._last_current = latents.detach(), None, images.detach()
         b = images.shape[0]
         future = rearrange(latents, "(b v) f c h w -> b v f c h w", b=b)[:, self.config.gidm_view,
                                                                           self.config.future_frame]
@@ -187,6 +216,14 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
 
     def video_tokens(self, feats: Mapping[str, torch.Tensor], batch_size: int) -> torch.Tensor:
         """(2) The Video Former over every view's block features -> [b, V * F * Q, fused_dim]."""
+        if self._traced():
+            layers = self.config.video_former.layers
+            fn = lambda *x: (self._video_tokens(dict(zip(layers, x)), batch_size),)  # noqa: E731
+            owner = (self.video_former, self.video_proj)
+            return self._graph(f"video_tokens/{batch_size}", fn, owner)(*(feats[name] for name in layers))[0]
+        return self._video_tokens(feats, batch_size)
+
+    def _video_tokens(self, feats: Mapping[str, torch.Tensor], batch_size: int) -> torch.Tensor:
         video = self.video_proj(self.video_former(feats))
         return rearrange(video, "(b v) n d -> b (v n) d", b=batch_size)
 
@@ -198,12 +235,23 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
                        instructions: Sequence[str]) -> torch.Tensor:
         """(3)+(4) The MLP maps the predicted future onto the GIDM's token space; the GIDM's encoder infers the
         latent actions from (e_t, projected future, instruction) -> [b, N, fused_dim]."""
+        text = [t for t in self.gidm.text_tokens(instructions) if t is not None]  # (tokens, mask) or none
+        if self._traced():
+            owner = (self.future_mlp, self.gidm, self.latent_action_proj)
+            return self._graph("latent_actions", self._latent_actions, owner)(current_tokens, future, *text)[0]
+        return self._latent_actions(current_tokens, future, *text)[0]
+
+    def _latent_actions(self, current_tokens: torch.Tensor, future: torch.Tensor, *text: torch.Tensor
+                        ) -> tuple[torch.Tensor]:
         future = future.float()
         future = F.pixel_unshuffle(future, self.unshuffle) if self.unshuffle else F.adaptive_avg_pool2d(future, self.grid)
         future_tokens = current_tokens + self.future_mlp(rearrange(future, "b c h w -> b (h w) c"))
-        text_tokens, text_mask = self.gidm.text_tokens(instructions)
-        features, _ = self.gidm.infer_latent_actions(current_tokens, future_tokens, text_tokens, text_mask)
-        return self.latent_action_proj(features)
+        text_tokens, text_mask = text if text else (None, None)
+        # in evaluation the GIDM's last block computes only what the action queries read (the same values)
+        queries_only = self.fast_gidm and not self.training
+        features, _ = self.gidm.infer_latent_actions(current_tokens, future_tokens, text_tokens, text_mask,
+                                                     queries_only=queries_only)
+        return (self.latent_action_proj(features),)
 
     def global_condition(self, instructions: Sequence[str], state: torch.Tensor | None) -> torch.Tensor:
         """(5) The pooled instruction embedding (+ the normalised proprio state) -> [b, Dg]."""
@@ -252,8 +300,25 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
                              noise: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised action chunks [B, Ha, A] from a batch of observations."""
         tokens, global_cond = self.condition(batch)
-        chunk = sample_actions(self.adapter, tokens, global_cond, generator=generator, noise=noise)
+        chunk = sample_actions(self.adapter, tokens, global_cond, generator=generator, noise=noise,
+                               traced=self._traced(), sampler=self.sampler, num_steps=self.sampling_steps)
         return self.normalizer.unnormalize("action", chunk)
+
+    def _steps(self) -> int:
+        return self.sampling_steps or self.config.adapter.num_sampling_steps
+
+    def _traced(self) -> bool:
+        return self.traced_inference and not self.training and not torch.is_grad_enabled()
+
+    def _graph(self, name: str, fn, owners: tuple[nn.Module, ...]) -> TracedCall:
+        """The policy's traced inference graph `name` of `fn`, which uses the parameters of `owners` (in the
+        policy's `inference_cache`: not saved or copied, shared by forks)."""
+        graphs = inference_cache(self)
+        key = (name, self.fast_gidm)  # the flag is read while tracing
+        if key not in graphs:
+            graphs[key] = TracedCall(nn.ModuleList(owners), fn)
+        graphs[key].check()
+        return graphs[key]
 
     @torch.no_grad()
     def timed_parts(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,27 +333,33 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
             "frame encoder (frozen)": lambda: self.current_tokens(images),
             "Video Former": lambda: self.video_tokens(feats, images.shape[0]),
             "MLP + GIDM encoder": lambda: self.latent_actions(current, future, words),
-            f"adapter ({self.config.adapter.num_sampling_steps}-step sampling)":
-                lambda: sample_actions(self.adapter, tokens, cond),
+            f"adapter ({self._steps()}-step sampling)":
+                lambda: sample_actions(self.adapter, tokens, cond, traced=self._traced(), sampler=self.sampler,
+                                       num_steps=self.sampling_steps),
         }
 
     @property
     def metadata(self) -> PolicyMetadata:
         cfg = self.config
         return PolicyMetadata("defi", list(cfg.cameras), [cfg.image_size, cfg.image_size], cfg.state_dim,
-                              cfg.action_dim, cfg.action_horizon, cfg.adapter.num_sampling_steps)
+                              cfg.action_dim, cfg.action_horizon, self._steps())
 
     def _init_episode_state(self) -> None:
         super()._init_episode_state()
+        # the last call's one-step latents [(b v) f C h w], or FastOneStep's activations to compute them from
         self._imagined: torch.Tensor | None = None
+        self._imagined_hidden: torch.Tensor | None = None
         self._last_current: torch.Tensor | None = None
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
-        self._imagined = self._last_current = None
+        self._imagined = self._imagined_hidden = self._last_current = None
 
     def imagined_frames(self, row: int = 0) -> np.ndarray | None:
         """The GFDM's one-step future of the first camera at the last call (batch row `row`), uint8 [F, H, W, 3]."""
+        if self._imagined is None and self._imagined_hidden is not None:
+            self._imagined = fast_one_step(self.gfdm).latents(self._imagined_hidden)
+            self._imagined_hidden = None
         if self._imagined is None:
             return None
         v = len(self.config.cameras)

@@ -19,6 +19,7 @@ from defi.errors import ShapeError, check_shape
 from defi.models.adapter import DiTActionAdapter, sample_actions
 from defi.models.base import PretrainedMixin
 from defi.models.encoders import shared_encoder
+from defi.models.traced import TracedCall, inference_cache
 from defi.policies.base import Normalizer, PolicyMetadata, TorchPolicyMixin
 from defi.policies.image_dp.configuration_image_dp import ImageDPConfig
 from defi.policies.image_dp.image_encoder import ConvImageEncoder
@@ -26,6 +27,14 @@ from defi.policies.image_dp.image_encoder import ConvImageEncoder
 
 class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
     config_class: ClassVar[type] = ImageDPConfig
+    # in eval mode without gradients the encoder and the denoiser run as traced graphs (`defi.models.traced`: the
+    # same actions up to float rounding, without Python between the operations); benchmarks switch it off
+    traced_inference: bool = True
+    # The adapter's sampler and step count at inference when not the config's (None). These CHANGE the actions:
+    # to evaluate a cheaper sampler with a trained policy, set them on the loaded policy (or a fork), e.g.
+    # `policy.sampler, policy.sampling_steps = "dpm_solver", 5`.
+    sampler: str | None = None
+    sampling_steps: int | None = None
 
     def __init__(self, config: ImageDPConfig):
         super().__init__()
@@ -37,6 +46,7 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         if config.state_dim:
             fields["observation.state"] = (config.state_dim, config.state_normalization)
         self.normalizer = Normalizer(fields)
+        inference_cache(self)  # made here, so that forks share it
         self._init_episode_state()
 
     def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -46,10 +56,15 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
             raise ShapeError(f"images: expected uint8 [B, V, 3, h, w], got {images.dtype}")
         check_shape("images", images, ("B", len(cfg.cameras), 3, cfg.image_size, cfg.image_size),
                     f"cameras {list(cfg.cameras)}, config key image_size")
+        if self._traced():
+            return self._graph("encode_images", self._encode_images)(images)[0]
+        return self._encode_images(images, generator)[0]
+
+    def _encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor]:
         frames = images.flatten(0, 1).float() / 127.5 - 1.0  # [B*V, 3, h, w] in [-1, 1]
         tokens = self.encoder(frames, generator)  # [B*V, T, C]
         # which view and grid cell a token comes from is told by the adapter's per-slot condition embedding
-        return tokens.reshape(images.shape[0], -1, tokens.shape[2])
+        return (tokens.reshape(images.shape[0], -1, tokens.shape[2]),)
 
     def global_condition(self, instructions: Sequence[str], state: Tensor | None) -> Tensor:
         """The pooled instruction embedding (+ the normalised state) -> [B, instruction_dim + state_dim]."""
@@ -75,8 +90,24 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
                              noise: Tensor | None = None) -> Tensor:
         cond = self.encode_images(batch["images"])
         global_cond = self.global_condition(batch["instruction"], batch.get("state"))
-        chunk = sample_actions(self.adapter, cond, global_cond, generator=generator, noise=noise)
+        chunk = sample_actions(self.adapter, cond, global_cond, generator=generator, noise=noise,
+                               traced=self._traced(), sampler=self.sampler, num_steps=self.sampling_steps)
         return self.normalizer.unnormalize("action", chunk)
+
+    def _steps(self) -> int:
+        return self.sampling_steps or self.config.adapter.num_sampling_steps
+
+    def _traced(self) -> bool:
+        return self.traced_inference and not self.training and not torch.is_grad_enabled()
+
+    def _graph(self, name: str, fn) -> TracedCall:
+        """The policy's traced inference graph `name` (in the policy's `inference_cache`: not
+        saved or copied, shared by forks)."""
+        graphs = inference_cache(self)
+        if name not in graphs:
+            graphs[name] = TracedCall(self, fn)
+        graphs[name].check()
+        return graphs[name]
 
     @torch.no_grad()
     def timed_parts(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,11 +115,12 @@ class ImageDPPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
         cond = self.encode_images(batch["images"])
         global_cond = self.global_condition(batch["instruction"], batch.get("state"))
         return {"image encoder": lambda: self.encode_images(batch["images"]),
-                f"adapter ({self.config.adapter.num_sampling_steps}-step sampling)":
-                    lambda: sample_actions(self.adapter, cond, global_cond)}
+                f"adapter ({self._steps()}-step sampling)":
+                    lambda: sample_actions(self.adapter, cond, global_cond, traced=self._traced(),
+                                           sampler=self.sampler, num_steps=self.sampling_steps)}
 
     @property
     def metadata(self) -> PolicyMetadata:
         cfg = self.config
         return PolicyMetadata("image_dp", list(cfg.cameras), [cfg.image_size, cfg.image_size], cfg.state_dim,
-                              cfg.action_dim, cfg.action_horizon, cfg.adapter.num_sampling_steps)
+                              cfg.action_dim, cfg.action_horizon, self._steps())
