@@ -79,3 +79,35 @@ def test_paired_difference_interval():
     assert same["difference"] == 0 and same["ci95_low"] == same["ci95_high"] == 0
     clustered = paired_difference(a, b, clusters=[0, 1] * 10, n_boot=2000)
     assert clustered["ci95_low"] <= clustered["difference"] <= clustered["ci95_high"]
+
+
+def test_lockstep_slots_reuse_environments_and_share_a_renderer_per_task(policy):
+    from defi.envs import metaworld
+    from defi.envs.metaworld import MetaWorldEnv
+    from defi.eval.rollout import EpisodeSpec, run_episodes
+
+    built: list[MetaWorldEnv] = []
+
+    def make_env(task: str) -> MetaWorldEnv:
+        built.append(MetaWorldEnv(task, cameras=("corner",), image_size=32, max_episode_steps=8))
+        return built[-1]
+
+    specs = [EpisodeSpec(task, ep, 1000 + ep, "do it") for task in ("reach-v3", "push-v3") for ep in range(6)]
+    results = run_episodes(policy, make_env, specs, execute_steps=4, batch_size=4)
+    assert [(r.task, r.episode) for r in results] == [(s.task, s.episode) for s in specs]
+    # 4 slots take the two tasks in turn: 2 environments per task, reused, instead of one per slot and task
+    assert sorted(e.task for e in built) == ["push-v3"] * 2 + ["reach-v3"] * 2
+    assert built[0]._renderer is None and not metaworld._RENDERERS  # all closed, the shared contexts freed
+
+    # environments of one task share one GL context, and each still renders its own scene
+    with MetaWorldEnv("push-v3", cameras=("corner",), image_size=32) as a, \
+            MetaWorldEnv("push-v3", cameras=("corner",), image_size=32) as b:
+        assert a._renderer is b._renderer
+        first, second = a.reset(seed=1), b.reset(seed=2)
+        b.close()
+        again = a.reset(seed=1)  # the context outlives b
+    with MetaWorldEnv("push-v3", cameras=("corner",), image_size=32) as alone:
+        reference = alone.reset(seed=2)
+    key = "observation.images.corner"
+    assert np.array_equal(first[key], again[key]) and np.array_equal(second[key], reference[key])
+    assert not np.array_equal(first[key], second[key])

@@ -109,6 +109,27 @@ def test_loss_sample_and_feature_shapes(tiny_model):
     assert tiny_model.config.feature_channels() == {"mid_block": 64, "up_blocks.0": 64}
 
 
+def test_one_step_fraction_trains_at_the_one_step_timestep(monkeypatch):
+    from defi.config import replace
+
+    model = ForwardDynamicsModel(tiny())
+    seen = []
+    add_noise = model.noise_scheduler.add_noise
+
+    def record(target, noise, timesteps):
+        seen.append(timesteps.clone())
+        return add_noise(target, noise, timesteps)
+
+    monkeypatch.setattr(model.noise_scheduler, "add_noise", record)
+    model(clip_batch(model.config, batch=8))
+    assert (seen[-1] != model.one_step_timestep).any()  # uniform by default
+    model.config = replace(model.config, noise=replace(model.config.noise, one_step_fraction=1.0))
+    model(clip_batch(model.config, batch=8))
+    assert (seen[-1] == model.one_step_timestep).all()
+    with pytest.raises(ConfigError, match="one_step_fraction"):
+        replace(model.config.noise, one_step_fraction=1.5).validate()
+
+
 def test_future_mask_excludes_frames_past_the_episode_end(tiny_model):
     cfg = tiny_model.config
     batch = clip_batch(cfg)

@@ -181,8 +181,8 @@ class MetaWorldEnv:
             # The offscreen buffer only needs to hold the largest image rendered.
             model.vis.global_.offwidth = max(self.width, 1)
             model.vis.global_.offheight = max(self.height, 1)
-            render_model = model if self.mesh_detail >= 1.0 else simplified_render_model(model, self.mesh_detail)
-            self._renderer = mujoco.Renderer(render_model, self.height, self.width)
+            self._renderer_key = (self.task, self.height, self.width, self.mesh_detail)
+            self._renderer = _acquire_renderer(self._renderer_key, model)
             # The scene is always built from the physics model (Meta-World moves bodies and sites in it at reset);
             # only the GL context's meshes come from `render_model`.
             self._scene_option = mujoco.MjvOption()
@@ -288,7 +288,7 @@ class MetaWorldEnv:
 
     def close(self) -> None:
         if self._renderer is not None:
-            self._renderer.close()
+            _release_renderer(self._renderer_key)
             self._renderer = None
         self._env.close()
 
@@ -297,6 +297,35 @@ class MetaWorldEnv:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Environments of one task in one process share a renderer: its GL context holds only the task's meshes and
+# textures (the scene is built from each environment's own physics model at every frame), and creating one costs
+# ~0.6 s on a software GL, more than a 64x64 episode's rendering; batched evaluation keeps many environments of a
+# task alive at once. Reference-counted so that closing the last environment of a task frees the context.
+_RENDERERS: dict[tuple, list] = {}
+
+
+def _acquire_renderer(key: tuple, model: Any) -> Any:
+    import mujoco
+
+    entry = _RENDERERS.get(key)
+    if entry is None:
+        _task, height, width, mesh_detail = key
+        render_model = model if mesh_detail >= 1.0 else simplified_render_model(model, mesh_detail)
+        entry = _RENDERERS[key] = [mujoco.Renderer(render_model, height, width), 0]
+    entry[1] += 1
+    return entry[0]
+
+
+def _release_renderer(key: tuple) -> None:
+    entry = _RENDERERS.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        entry[0].close()
+        del _RENDERERS[key]
 
 
 def simplified_render_model(model: Any, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> Any:

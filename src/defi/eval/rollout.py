@@ -115,8 +115,19 @@ def run_episodes(policy: Any, make_env: Callable[[str], Any], specs: Sequence[Ep
         raise DefiError(f"{type(policy).__name__} has no fork(): it cannot drive several environments at once; "
                         "use batch_size 1")
     copies = [policy] if batch_size == 1 else [policy.fork() for _ in range(batch_size)]
-    envs: list[tuple[str, Any] | None] = [None] * batch_size  # each slot keeps one environment, rebuilt per task
-    queue = deque(enumerate(specs))
+    envs: list[tuple[str, Any] | None] = [None] * batch_size  # each slot's environment
+    idle: dict[str, list[Any]] = {}  # environments a slot let go of, by task, for the next slot that needs one
+    # Lockstep slots take the tasks in turn, so that a task's episodes run on a few environments reused from one
+    # episode to the next (building one costs as much as a short episode) rather than on batch_size new ones.
+    by_task: dict[str, deque] = {}
+    for item in enumerate(specs):
+        by_task.setdefault(item[1].task, deque()).append(item)
+    queue: deque = deque()
+    while by_task:
+        for task in list(by_task):
+            queue.append(by_task[task].popleft())
+            if not by_task[task]:
+                del by_task[task]
     slots: list[_Slot | None] = [None] * batch_size
     results: list[EpisodeResult | None] = [None] * len(specs)
     can_imagine = hasattr(policy, "imagined_frames")
@@ -128,8 +139,9 @@ def run_episodes(policy: Any, make_env: Callable[[str], Any], specs: Sequence[Ep
         index, spec = queue.popleft()
         if envs[i] is None or envs[i][0] != spec.task:
             if envs[i] is not None:
-                envs[i][1].close()
-            envs[i] = (spec.task, make_env(spec.task))
+                idle.setdefault(envs[i][0], []).append(envs[i][1])
+            pool = idle.get(spec.task)
+            envs[i] = (spec.task, pool.pop() if pool else make_env(spec.task))
         env = envs[i][1]
         _reset_policy(copies[i], spec.seed)
         slots[i] = _Slot(spec, index, env, env.reset(seed=spec.seed))
@@ -189,4 +201,7 @@ def run_episodes(policy: Any, make_env: Callable[[str], Any], specs: Sequence[Ep
         for entry in envs:
             if entry is not None:
                 entry[1].close()
+        for pool in idle.values():
+            for env in pool:
+                env.close()
     return [r for r in results if r is not None]

@@ -94,9 +94,14 @@ class NoiseConfig(Config):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     sampler: Literal["ddim", "euler", "ddpm"] = "ddim"
     sample_steps: int = 20
+    # share of training samples drawn at the one-step features' timestep instead of uniformly: the policy reads the
+    # model at that single step only (paper §3.1, Q3), and with uniform sampling it gets 1 / num_train_timesteps of
+    # the training signal; the rest keeps training the multi-step sampler
+    one_step_fraction: float = 0.0
 
     def validate(self) -> None:
         self.check(self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2")
+        self.check(0.0 <= self.one_step_fraction <= 1.0, "one_step_fraction", "a fraction in [0, 1]")
         self.check(0 < self.beta_start < self.beta_end < 1, "beta_start", "0 < beta_start < beta_end < 1")
         self.check(1 <= self.sample_steps <= self.num_train_timesteps, "sample_steps",
                    f"between 1 and num_train_timesteps={self.num_train_timesteps}")

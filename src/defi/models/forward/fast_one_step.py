@@ -123,7 +123,7 @@ class FastOneStep:
         model, cfg, unet = self.model, self.model.config, self.model.unet
         side = cfg.latent_side
         frames, channels = cfg.num_frames, cfg.latent_channels
-        t_index = cfg.noise.num_train_timesteps - 1 if cfg.features.timestep == -1 else cfg.features.timestep
+        t_index = model.one_step_timestep
         timesteps = torch.full((n,), t_index, device=device, dtype=torch.long)
         # the same draw as `one_step` without a generator
         generator = torch.Generator(device=device).manual_seed(cfg.features.seed)

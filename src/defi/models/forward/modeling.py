@@ -191,6 +191,9 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
         timesteps = torch.randint(
             0, self.config.noise.num_train_timesteps, (n,), generator=generator, device=device
         )
+        if self.config.noise.one_step_fraction > 0:
+            one_step = torch.rand((n,), generator=generator, device=device) < self.config.noise.one_step_fraction
+            timesteps = torch.where(one_step, torch.full_like(timesteps, self.one_step_timestep), timesteps)
         noisy = self.noise_scheduler.add_noise(target, noise, timesteps)
         prediction = self.denoise(noisy, timesteps, condition, context)
         goal = training_target(self.noise_scheduler, self.config.noise.prediction_type, target, noise, timesteps)
@@ -201,6 +204,12 @@ class ForwardDynamicsModel(PretrainedMixin, nn.Module):
             weight = repeat(future_mask.to(per_frame.dtype), "b f -> (b v) f", v=views)
         loss = (per_frame * weight).sum() / weight.sum().clamp(min=1.0)
         return {"loss": loss, "valid_future_frames": weight.sum().detach() / max(n // views, 1)}
+
+    @property
+    def one_step_timestep(self) -> int:
+        """The diffusion timestep at which the one-step features are read (the noisiest by default)."""
+        t = self.config.features.timestep
+        return self.config.noise.num_train_timesteps - 1 if t == -1 else t
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """The trainer's contract: a clip batch (see defi.data) -> {"loss": scalar, ...}."""

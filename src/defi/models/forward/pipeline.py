@@ -37,7 +37,7 @@ def one_step(model: ForwardDynamicsModel, images: torch.Tensor, instruction, lay
     layers = tuple(cfg.features.layers if layers is None else layers)
     _, condition, context, _ = model.prepare(images, instruction)
     n = condition.shape[0]
-    t_index = cfg.noise.num_train_timesteps - 1 if cfg.features.timestep == -1 else cfg.features.timestep
+    t_index = model.one_step_timestep
     timesteps = torch.full((n,), t_index, device=condition.device, dtype=torch.long)
     shape = (n, cfg.num_frames, cfg.latent_channels, *condition.shape[-2:])
     if generator is None:
