@@ -52,8 +52,10 @@ class EvalConfig(Config):
     max_episode_steps: int = 500  # Meta-World's max_path_length
     execute_steps: int = 4  # actions executed from each predicted chunk before re-planning
     instructions: Literal["train", "held_out"] = "train"
-    batch_size: int = 8
-    """Episodes run in lockstep in one process, with one batched policy call per step (1: one at a time)."""
+    batch_size: int = 20
+    """Episodes run in lockstep in one process, with one batched policy call per step (1: one at a time). 20:
+    DeFI `small`'s step costs 98 / 38 / 37 / 27 ms per episode at batch 1 / 4 / 10 / 20 on a 2-core AVX2 CPU
+    (benchmarks/bench_eval.py, README)."""
     num_workers: int = 1
     """Processes, each running its share of the tasks with its own batch (the policy is loaded in each)."""
     vision_check: bool = False
