@@ -4,6 +4,7 @@ path: `num_workers` processes, batch 1) vs environments in lockstep with one bat
 
     MUJOCO_GL=egl python benchmarks/bench_eval.py                     # 40 episodes: 4 tasks x 10, DeFI `small`
     MUJOCO_GL=egl python benchmarks/bench_eval.py --batch-sizes 4 8 20 --max-episode-steps 200
+    MUJOCO_GL=egl python benchmarks/bench_eval.py --breakdown        # where an episode's time goes, by part
 
 The policy is the DeFI policy at the `small` preset with random weights (the compute of a finetuned one; its
 episodes mostly run to the step limit, the expensive case). Both paths give the same results: every episode seeds
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[20])
     parser.add_argument("--batched-workers", type=int, default=2, help="processes of the batched path")
     parser.add_argument("--camera", default="workspace_close")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead: policy cost per environment at batch 1/4/10/20, physics step, render, build")
     args = parser.parse_args(argv)
 
     import torch
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = DeFIPolicy(cfg)
     unit = {"mean": [0.0] * 4, "std": [1.0] * 4, "min": [-1.0] * 4, "max": [1.0] * 4}
     policy.normalizer.set_stats({"action": unit, "observation.state": unit})
+    if args.breakdown:
+        return breakdown(policy, args)
     policy_dir = policy.save_pretrained(Path(tempfile.mkdtemp(prefix="bench-eval-")) / "policy")
 
     base = dict(tasks=tuple(args.tasks), episodes_per_task=args.episodes_per_task, cameras=(args.camera,),
@@ -70,6 +75,46 @@ def main(argv: list[str] | None = None) -> int:
               f"({rows[name] / rows[modes[0][0]]:.2f}x the former path)", flush=True)
     same = all(sorted(r) == sorted(results[modes[0][0]]) for r in results.values())
     print(f"every path gave the same episode results: {same}")
+    return 0
+
+
+def breakdown(policy, args: argparse.Namespace) -> int:
+    """The parts of a batched evaluation's CPU time, each timed alone in this process (one thread)."""
+    import numpy as np
+    import torch
+
+    from defi.envs.metaworld import MetaWorldEnv
+    from defi.eval.latency import paired
+    from defi.policies.base import act_batch
+    from defi.utils.environment import describe_cpu
+
+    torch.set_num_threads(1)
+    print(f"DeFI small, random weights, camera {args.camera} 64x64; {describe_cpu(threads=1)}")
+    policy.eval()
+    rng = np.random.default_rng(0)
+    obs = {f"observation.images.{args.camera}": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+           "observation.state": np.zeros(4, np.float32)}
+    for batch in (1, 4, 10, 20):
+        forks = [policy.fork() for _ in range(batch)]
+        for fork in forks:
+            fork.reset(seed=0)
+        ms = paired({"call": lambda: act_batch(forks, [obs] * batch, ["reach the goal"] * batch)}, 5)["call"]
+        call = float(np.median(ms))
+        print(f"  policy, batch {batch:2d}: {call:7.1f} ms a call, {call / batch:6.1f} ms per environment")
+    for task in args.tasks:
+        start = time.perf_counter()
+        env = MetaWorldEnv(task, seed=0, cameras=(args.camera,), image_size=64)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        MetaWorldEnv(task, seed=1, cameras=(args.camera,), image_size=64).close()  # renderer shared with `env`
+        again = time.perf_counter() - start
+        env.reset(seed=0)
+        action = np.zeros(4, np.float32)
+        step = paired({"step": lambda: env.step(action, render=False)}, 200)["step"]
+        render = paired({"render": env.render}, 50)["render"]
+        print(f"  {task}: build {1e3 * first:.0f} ms (first of the task; {1e3 * again:.0f} ms with its renderer "
+              f"shared), physics step {np.median(step):.2f} ms, 64x64 render {np.median(render):.1f} ms")
+        env.close()
     return 0
 
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from defi.eval.latency import paired
 from defi.models.traced import tracing_status
 from defi.policies.base import observation_to_batch
 from defi.policies.defi import DeFIConfig, DeFIPolicy
@@ -45,9 +45,8 @@ OPTIMISATIONS = {
     "fast_gidm": "GIDM encoder's last block on the action queries only",
     "traced_inference": "networks as TorchScript traces (no Python between operations)",
 }
-# warm-up calls: a traced signature runs eagerly twice, is traced at its 3rd call and optimised by TorchScript at
-# the 4th (defi.models.traced)
-WARMUP = 5
+# timing: defi.eval.latency.paired, whose 5 warm-up rounds cover tracing (a traced signature runs eagerly twice, is
+# traced at its 3rd call and optimised by TorchScript at the 4th: defi.models.traced)
 
 
 def _stats(dim: int) -> dict[str, list[float]]:
@@ -85,15 +84,7 @@ def as_on_main(policy, obs) -> Callable[[], object]:
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, baseline: str) -> dict[str, tuple[float, float]]:
     """{name: (median ms, median of the per-round ratios to `baseline`)}, all timed in turn every round."""
-    for _ in range(WARMUP):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - start))
+    times = paired(fns, rounds)
     base = times[baseline]
     return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, base)))
             for name, t in times.items()}

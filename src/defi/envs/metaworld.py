@@ -301,7 +301,7 @@ class MetaWorldEnv:
 
 # Environments of one task in one process share a renderer: its GL context holds only the task's meshes and
 # textures (the scene is built from each environment's own physics model at every frame), and creating one costs
-# ~0.6 s on a software GL, more than a 64x64 episode's rendering; batched evaluation keeps many environments of a
+# 0.4-0.6 s on a software GL, more than a 64x64 episode's rendering; batched evaluation keeps many environments of a
 # task alive at once. Reference-counted so that closing the last environment of a task frees the context.
 _RENDERERS: dict[tuple, list] = {}
 

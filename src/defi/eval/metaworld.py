@@ -54,8 +54,8 @@ class EvalConfig(Config):
     instructions: Literal["train", "held_out"] = "train"
     batch_size: int = 20
     """Episodes run in lockstep in one process, with one batched policy call per step (1: one at a time). 20:
-    DeFI `small`'s step costs 98 / 38 / 37 / 27 ms per episode at batch 1 / 4 / 10 / 20 on a 2-core AVX2 CPU
-    (benchmarks/bench_eval.py, README)."""
+    DeFI `small`'s step costs 55 / 24 / 19 / 17 ms per environment at batch 1 / 4 / 10 / 20 on a 2-core AVX2
+    CPU (`benchmarks/bench_eval.py --breakdown`, README)."""
     num_workers: int = 1
     """Processes, each running its share of the tasks with its own batch (the policy is loaded in each)."""
     vision_check: bool = False

@@ -110,11 +110,17 @@ def load_episode_ranges(split: Path) -> np.ndarray:
     if ranges.ndim != 2 or ranges.shape[1] != 2 or len(ranges) == 0 or not np.issubdtype(ranges.dtype, np.integer):
         raise DefiError(f"{path}: expected a non-empty integer array of (start, end) rows, got {ranges.dtype} "
                         f"{list(ranges.shape)}")
-    ranges = ranges.astype(np.int64)
-    bad = np.nonzero(ranges[:, 1] < ranges[:, 0])[0]
-    if len(bad):
-        raise DefiError(f"{path}: row {bad[0]} ends before it starts ({ranges[bad[0]].tolist()})")
+    ranges = _ordered_pairs(path, ranges, "row")
     return ranges[np.argsort(ranges[:, 0], kind="stable")]
+
+
+def _ordered_pairs(path: Path, pairs: np.ndarray, name: str) -> np.ndarray:
+    """int64 (start, end) rows, each checked to end no earlier than it starts."""
+    pairs = pairs.astype(np.int64)
+    bad = np.nonzero(pairs[:, 1] < pairs[:, 0])[0]
+    if len(bad):
+        raise DefiError(f"{path}: {name} {bad[0]} ends before it starts ({pairs[bad[0]].tolist()})")
+    return pairs
 
 
 def load_annotations(path: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -133,10 +139,7 @@ def load_annotations(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     if indx.ndim != 2 or indx.shape[1] != 2 or not np.issubdtype(indx.dtype, np.integer):
         raise DefiError(f"{path}: ['info']['indx'] must be (start, end) integer pairs, got {indx.dtype} "
                         f"{list(indx.shape)}")
-    indx = indx.astype(np.int64)
-    bad = np.nonzero(indx[:, 1] < indx[:, 0])[0]
-    if len(bad):
-        raise DefiError(f"{path}: annotation {bad[0]} ends before it starts ({indx[bad[0]].tolist()})")
+    indx = _ordered_pairs(path, indx, "annotation")
     return [str(a) for a in ann], [str(t) for t in tasks], indx
 
 
