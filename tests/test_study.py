@@ -12,8 +12,12 @@ from defi.experiments.study import StudyConfig, analyse, markdown, run, run_conf
 
 @pytest.mark.slow
 def test_tiny_study_runs_every_arm_and_seed_and_reports_paired_differences(tmp_path):
-    cfg = replace(StudyConfig.preset("tiny"), run_dir=tmp_path / "study", demo_counts=(2,), train_seeds=(0, 1))
+    # two workers: pretraining and the runs that need no pretrained model share one process pool
+    cfg = replace(StudyConfig.preset("tiny"), run_dir=tmp_path / "study", demo_counts=(2,), train_seeds=(0, 1),
+                  workers=2)
     run(cfg)
+    stages = json.loads((tmp_path / "study" / "stages.json").read_text())
+    assert {"gfdm", "gidm", "demos2/seed1/defi", "training", "report"} <= set(stages)
     result = json.loads((tmp_path / "study" / "study.json").read_text())
     row = result["by_demos"]["2"]
     assert set(row["arms"]) == {"defi", "defi-scratch", "image_dp"}
@@ -44,3 +48,27 @@ def test_run_configs_pick_nested_demo_subsets_and_the_seed():
     assert one.data.seed == 3 and one.trainer.seed == 3 and one.data.val_fraction == 0.0
     assert one.policy_type == "defi" and not one.pretrained_weights
     assert run_config(cfg, 1, 3, "image_dp").policy_type == "image_dp"
+
+
+def test_training_schedule_pretrains_first_and_defi_runs_wait_for_both_models(tmp_path, monkeypatch):
+    import defi.experiments.study as study
+
+    cfg = study.resolve(replace(StudyConfig.preset("tiny"), run_dir=tmp_path / "s", demo_counts=(1, 2),
+                                train_seeds=(0,), workers=1))
+    jobs = {j.name: j for j in study.training_jobs(cfg)}
+    assert jobs["demos1/seed0/defi"].needs == ("gfdm", "gidm") and jobs["demos1/seed0/image_dp"].needs == ()
+    order, logged = [], []
+
+    def fake_job(args):
+        _, job = args
+        order.append(job.name)
+        return job.name, {}, 0.0
+
+    monkeypatch.setattr(study, "_job_main", fake_job)
+    study.stage_training(cfg, on_done=lambda name, summary, wall: logged.append(name))
+    assert order[:2] == ["gfdm", "gidm"] and logged == order and len(order) == 2 + 2 * 3
+    # once both models exist, DeFI runs come before the runs that never needed them
+    assert order[2:4] == ["demos1/seed0/defi", "demos2/seed0/defi"]
+    # without the DeFI arm nothing is pretrained
+    no_defi = replace(cfg, arms=("defi-scratch", "image_dp"))
+    assert [j.kind for j in study.training_jobs(no_defi)] == ["run"] * 4

@@ -7,15 +7,16 @@ continues from its checkpoint):
 1. `corpus`, `corpus_other`  action-free pretraining videos of the evaluation tasks (many scenes each) and of
              other tasks; actions and states dropped
 2. `demos`   labeled demonstrations of the evaluation tasks, `max(demo_counts)` per task (other seeds)
-3. `gfdm`, `gidm`  pretraining on the corpus, once; every arm and seed reuses them
-4. `runs`    for every demo count x training seed x arm: finetune on the first n demos of each task (a seeded,
-             nested subset per training seed) and evaluate on the SAME episodes (positions and per-episode
-             sampling seeds) with the real camera and, with `finetune.eval.vision_check`, another scene's image
-5. `report`  study.json / study.md / study_data_efficiency.png: per-task and pooled success with Wilson
+3. `training` the GFDM and GIDM pretraining (once; every arm and seed reuses them) and, for every demo count x
+             training seed x arm, finetuning on the first n demos of each task (a seeded, nested subset per
+             training seed) and evaluation on the SAME episodes (positions and per-episode sampling seeds) with the
+             real camera and, with `finetune.eval.vision_check`, another scene's image; one schedule, so runs
+             that need no pretrained model train while the GFDM and GIDM do
+4. `report`  study.json / study.md / study_data_efficiency.png: per-task and pooled success with Wilson
              intervals, the paired difference of each arm pair with a bootstrap interval (training seeds, then
              episodes within tasks, resampled), the vision-reliance gap, and the data-efficiency curve (Figure 4)
 
-Runs execute `workers` at a time in separate processes with one torch thread each (two busy multi-threaded
+Jobs execute `workers` at a time in separate processes with one torch thread each (two busy multi-threaded
 processes slow each other down 10-100x on a small CPU).
 """
 
@@ -126,30 +127,106 @@ def _run_one(args: tuple[dict[str, Any], str]) -> str:
     return run_dir
 
 
-def stage_runs(cfg: StudyConfig) -> dict[str, Any]:
-    """Every demo count x seed x arm, `workers` at a time; finished runs are reused."""
+@dataclass(frozen=True)
+class Job:
+    """One unit of the training stage: a pretraining (`gfdm`, `gidm`) or a finetuning run (`run`)."""
+
+    name: str
+    kind: str
+    needs: tuple[str, ...] = ()
+    run: tuple[int, int, str] | None = None
+
+
+def _job_main(args: tuple[dict[str, Any], Job]) -> tuple[str, dict[str, Any], float]:
+    """A worker process (one torch thread): one job, resuming where an earlier attempt stopped."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg_dict, job = args
+    cfg = from_dict(StudyConfig, cfg_dict)
+    start = time.perf_counter()
+    if job.kind == "run":
+        assert job.run is not None
+        _run_one((to_dict(run_config(cfg, *job.run)), str(run_dir_of(cfg, *job.run))))
+        summary: dict[str, Any] = {"run_dir": str(run_dir_of(cfg, *job.run))}
+    else:
+        summary = _stage(cfg, job.kind)
+    return job.name, summary, time.perf_counter() - start
+
+
+def training_jobs(cfg: StudyConfig) -> list[Job]:
+    """Pretraining and every demo count x seed x arm, in the order they are started when a worker is free: the
+    pretrainings first (the DeFI runs wait for both), then runs; a DeFI run whose models are ready goes before
+    runs that need no pretraining, since it is what the last of the work waits for."""
+    jobs = [Job("gfdm", "gfdm"), Job("gidm", "gidm")] if "defi" in cfg.arms else []
+    for demos in sorted(cfg.demo_counts):
+        for seed in cfg.train_seeds:
+            for arm in cfg.arms:
+                jobs.append(Job(f"demos{demos}/seed{seed}/{arm}", "run", ("gfdm", "gidm") if arm == "defi" else (),
+                                (demos, seed, arm)))
+    return jobs
+
+
+def _job_finished(cfg: StudyConfig, job: Job) -> bool:
+    if job.kind == "run":
+        assert job.run is not None
+        return finished_metrics(run_dir_of(cfg, *job.run)) is not None
+    run_dir = Path(cfg.fdm.run_dir if job.kind == "gfdm" else cfg.idm.run_dir)
+    done = (run_dir / "metrics.json").is_file()
+    return done and (job.kind == "gfdm" or (Path(cfg.run_dir) / "gidm" / "latent_actions.json").is_file())
+
+
+def stage_training(cfg: StudyConfig, on_done: Any = None) -> dict[str, Any]:
+    """Pretraining and the finetuning runs as one schedule, `workers` processes at a time (one torch thread
+    each): runs that need no pretrained model (no-pretraining, image DP) start while the GFDM and the GIDM train,
+    so a 2-core machine is never idle waiting for the longest pretraining. Finished jobs are reused; an
+    interrupted one resumes from its checkpoint. `on_done(name, summary, wall_s)` is called as each job ends."""
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     from tqdm.auto import tqdm
 
-    jobs = [(demos, seed, arm) for demos in sorted(cfg.demo_counts) for seed in cfg.train_seeds for arm in cfg.arms]
-    todo = [j for j in jobs if finished_metrics(run_dir_of(cfg, *j)) is None]
-    print(f"== study runs: {len(jobs) - len(todo)} of {len(jobs)} finished earlier; {len(todo)} to go, "
+    jobs = training_jobs(cfg)
+    done = {j.name for j in jobs if _job_finished(cfg, j)}
+    todo = [j for j in jobs if j.name not in done]
+    print(f"== study training: {len(done)} of {len(jobs)} jobs finished earlier; {len(todo)} to go, "
           f"{cfg.workers} at a time", flush=True)
-    payload = [(to_dict(run_config(cfg, *j)), str(run_dir_of(cfg, *j))) for j in todo]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", dynamic_ncols=True)
+    cfg_dict = to_dict(cfg)
+    bar = tqdm(total=len(jobs), initial=len(done), desc="study jobs", dynamic_ncols=True)
+
+    def ready() -> list[Job]:
+        free = [j for j in todo if all(n in done for n in j.needs)]
+        # pretraining, then DeFI runs (critical path), then the rest, each in listed order
+        return sorted(free, key=lambda j: (j.kind == "run", j.run is not None and j.run[2] != "defi"))
+
+    def finish(name: str, summary: dict[str, Any], wall_s: float) -> None:
+        done.add(name)
+        bar.update(1)
+        print(f"== study job {name} finished in {wall_s:.0f} s", flush=True)
+        if on_done is not None:
+            on_done(name, summary, wall_s)
+
     try:
         if cfg.workers == 1:
-            for item in payload:
-                _run_one(item)
-                bar.update(1)
-        elif payload:
-            with mp.get_context("spawn").Pool(cfg.workers, maxtasksperchild=1) as pool:
-                for _ in pool.imap_unordered(_run_one, payload):
-                    bar.update(1)
+            while todo:
+                job = ready()[0]
+                todo.remove(job)
+                finish(*_job_main((cfg_dict, job)))
+        else:
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(cfg.workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+                running: dict[Future, Job] = {}
+                while todo or running:
+                    for job in ready()[: cfg.workers - len(running)]:
+                        todo.remove(job)
+                        running[pool.submit(_job_main, (cfg_dict, job))] = job
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        running.pop(future)
+                        finish(*future.result())
     finally:
         bar.close()
-    return {"runs": len(jobs)}
+    return {"jobs": len(jobs)}
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -326,7 +403,9 @@ def stage_report(cfg: StudyConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-STAGES = ("corpus", "corpus_other", "demos", "gfdm", "gidm", "runs", "report")
+STAGES = ("corpus", "corpus_other", "demos", "training", "report")
+"""`training` is the GFDM and GIDM pretraining and every finetuning run, scheduled together (`stage_training`);
+stages.json logs each of its jobs under its own name."""
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -347,25 +426,28 @@ def _stage(cfg: StudyConfig, name: str) -> dict[str, Any]:
         return pretrain_fdm.run(replace(cfg.fdm, resume=_has_checkpoint(cfg.fdm.run_dir)))["held_out"]
     if name == "gidm":
         from defi.data import build_clip_dataset
+        from defi.experiments.demo.latents import gidm_latent_picture
         from defi.train import pretrain_idm
 
-        if (Path(cfg.idm.run_dir) / "metrics.json").is_file():
-            return {"reused": str(cfg.idm.run_dir)}
         # scored on the labeled demonstrations (never trained on): the probe is fitted on half of the episodes;
         # with a single demonstration per task there is nothing to hold out, and the corpus's split scores it
         demos = replace(cfg.idm.data, sources=[(str(cfg.demos.out), 1.0)], val_fraction=0.5)
-        held_out = {"val": build_clip_dataset(demos, "val"), "probe": build_clip_dataset(demos, "train")}
-        idm = replace(cfg.idm, resume=_has_checkpoint(cfg.idm.run_dir))
-        metrics = pretrain_idm.run(idm, held_out if len(held_out["val"]) else None)["held_out"]
-        from defi.experiments.demo.latents import gidm_latent_picture
-
-        # does the latent action carry the end-effector's motion (issue 13's GIDM target)?
-        picture = gidm_latent_picture(Path(cfg.idm.run_dir) / "model", build_clip_dataset(demos, "all"), 1200,
-                                      Path(cfg.run_dir) / "gidm" / "latent_actions.png")
-        (Path(cfg.run_dir) / "gidm" / "latent_actions.json").write_text(json.dumps(picture, indent=2) + "\n")
-        return {**metrics, **picture}
-    if name == "runs":
-        return stage_runs(cfg)
+        metrics_path = Path(cfg.idm.run_dir) / "metrics.json"
+        if metrics_path.is_file():
+            metrics = json.loads(metrics_path.read_text())["held_out"]
+        else:
+            held_out = {"val": build_clip_dataset(demos, "val"), "probe": build_clip_dataset(demos, "train")}
+            idm = replace(cfg.idm, resume=_has_checkpoint(cfg.idm.run_dir))
+            metrics = pretrain_idm.run(idm, held_out if len(held_out["val"]) else None)["held_out"]
+        picture_path = Path(cfg.run_dir) / "gidm" / "latent_actions.json"
+        if not picture_path.is_file():
+            # does the latent action carry the end-effector's motion (issue 13's GIDM target)?
+            picture = gidm_latent_picture(Path(cfg.idm.run_dir) / "model", build_clip_dataset(demos, "all"), 1200,
+                                          picture_path.with_suffix(".png"))
+            picture_path.write_text(json.dumps(picture, indent=2) + "\n")
+        return {**metrics, **json.loads(picture_path.read_text())}
+    if name == "training":
+        raise DefiError("the training stage is scheduled by stage_training, not _stage")
     return stage_report(cfg)
 
 
@@ -386,15 +468,18 @@ def run(cfg: StudyConfig) -> dict[str, Any]:
     save_config(cfg, root / "config.json")
     log_path = root / "stages.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    for name in STAGES:
-        start = time.perf_counter()
-        print(f"== [{name}]", flush=True)
-        summary = _stage(cfg, name)
-        log[name] = {"wall_s": round(time.perf_counter() - start, 1), "summary": summary,
-                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def record(name: str, summary: dict[str, Any], wall_s: float) -> None:
+        log[name] = {"wall_s": round(wall_s, 1), "summary": summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         tmp = log_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(log, indent=2, default=str) + "\n")
         os.replace(tmp, log_path)
+
+    for name in STAGES:
+        start = time.perf_counter()
+        print(f"== [{name}]", flush=True)
+        summary = stage_training(cfg, on_done=record) if name == "training" else _stage(cfg, name)
+        record(name, summary, time.perf_counter() - start)
     print((root / "study.md").read_text())
     return log
 
