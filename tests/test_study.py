@@ -72,3 +72,47 @@ def test_training_schedule_pretrains_first_and_defi_runs_wait_for_both_models(tm
     # without the DeFI arm nothing is pretrained
     no_defi = replace(cfg, arms=("defi-scratch", "image_dp"))
     assert [j.kind for j in study.training_jobs(no_defi)] == ["run"] * 4
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing as mp, sys, time
+
+def child(path):
+    from defi.experiments.study import _exit_with_parent
+    _exit_with_parent(poll_s=0.1)
+    open(path, "w").write(str(__import__("os").getpid()))
+    time.sleep(60)
+
+if __name__ == "__main__":
+    mp.get_context("spawn").Process(target=child, args=(sys.argv[1],)).start()
+    time.sleep(60)
+"""
+
+
+def test_study_workers_end_when_the_study_process_is_killed(tmp_path):
+    """SIGKILL/SIGTERM reach only the study process; its job processes must not train on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, pid_file = tmp_path / "parent.py", tmp_path / "child.pid"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    deadline = time.time() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(child, 0)  # alive while the parent is
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the worker outlived the study process")

@@ -137,11 +137,32 @@ class Job:
     run: tuple[int, int, str] | None = None
 
 
+def _exit_with_parent(poll_s: float = 5.0) -> None:
+    """End this worker when the study process is gone: a killed study (SIGTERM/SIGKILL reach only the parent)
+    would otherwise leave its jobs training on, racing the next `defi study` on the same checkpoints. At most
+    one checkpoint interval of work is lost; the next run resumes from the last checkpoint."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _job_main(args: tuple[dict[str, Any], Job]) -> tuple[str, dict[str, Any], float]:
     """A worker process (one torch thread): one job, resuming where an earlier attempt stopped."""
     import torch
 
     torch.set_num_threads(1)
+    import multiprocessing as mp
+
+    if mp.parent_process() is not None:  # a pool worker, not the study process itself (workers=1)
+        _exit_with_parent()
     cfg_dict, job = args
     cfg = from_dict(StudyConfig, cfg_dict)
     start = time.perf_counter()
