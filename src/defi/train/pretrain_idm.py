@@ -92,7 +92,8 @@ def _check_clip(item: dict[str, Any], view: int) -> None:
 
 
 def encode_clips(gidm: GIDM, dataset: Dataset, view: int, indices: Sequence[int] | None = None,
-                 batch_size: int = 64, max_gib: float = 8.0, desc: str = "encoding frames") -> FeatureCache:
+                 batch_size: int = 64, max_gib: float = 8.0, desc: str = "encoding frames",
+                 progress: bool = True) -> FeatureCache:
     """The frozen frame tokens of o_t and o_{t+n} of every clip ("current_tokens", "future_tokens"), plus the clip
     fields the evaluation needs (instruction, actions, ...), computed once."""
     _check_clip(dataset[indices[0] if indices else 0], view)
@@ -103,7 +104,7 @@ def encode_clips(gidm: GIDM, dataset: Dataset, view: int, indices: Sequence[int]
                 "future_tokens": gidm.frame_tokens(batch["goal_images"][:, view])}
 
     return build_feature_cache(tokens, dataset, batch_size=batch_size, max_gib=max_gib, device=device, keep=_KEEP,
-                               indices=indices, desc=desc)
+                               indices=indices, desc=desc, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------- the module
@@ -265,12 +266,14 @@ def run(cfg: PretrainIDMConfig, datasets: Datasets | None = None) -> dict[str, A
     gidm = GIDM(cfg.model).to(device)
     if cfg.cache_features:
         train_set: Dataset = CachedDataset(encode_clips(gidm, train_dataset, view, batch_size=cfg.eval.batch_size,
-                                                        max_gib=cfg.cache_max_gib, desc="encoding train clips"))
+                                                        max_gib=cfg.cache_max_gib, desc="encoding train clips",
+                                                        progress=cfg.trainer.progress))
     else:
         _check_clip(train_dataset[0], view)
         train_set = train_dataset
     eval_idx = evenly_spaced(len(eval_dataset), cfg.eval.max_clips)
-    eval_set = encode_clips(gidm, eval_dataset, view, eval_idx, cfg.eval.batch_size, desc="encoding eval clips")
+    eval_set = encode_clips(gidm, eval_dataset, view, eval_idx, cfg.eval.batch_size, desc="encoding eval clips",
+                            progress=cfg.trainer.progress)
     # attention maps for a few clips spread over the held-out split (different episodes and tasks)
     positions = evenly_spaced(len(eval_idx), cfg.eval.attention_examples) if cfg.eval.attention_examples else []
     items = [eval_dataset[eval_idx[i]] for i in positions]
@@ -282,7 +285,7 @@ def run(cfg: PretrainIDMConfig, datasets: Datasets | None = None) -> dict[str, A
     else:
         probe_idx = evenly_spaced(len(probe_dataset), cfg.eval.max_clips)
         probe_set = encode_clips(gidm, probe_dataset, view, probe_idx, cfg.eval.batch_size,
-                                 desc="encoding probe clips")
+                                 desc="encoding probe clips", progress=cfg.trainer.progress)
 
     module = GIDMPretrainModule(gidm, view)
     last: dict[str, Any] = {}

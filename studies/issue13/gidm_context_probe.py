@@ -1,0 +1,54 @@
+"""Issue 13, GIDM: what does a linear probe to end-effector displacement get from each input? The latent action
+alone, its codes one-hot (a lookup table, whatever the code vectors' geometry), the current frame's features alone,
+and each combined with the current frame (the policy always sees o_t next to the latent action), against the
+feature difference e_{t+n} - e_t. Same split as `gidm_latent_picture` (half of the episodes fit, half score).
+
+    python studies/issue13/gidm_context_probe.py RUN_DIR/gidm/model RUN_DIR/data/demos
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+from defi.config import replace  # noqa: E402
+from defi.data import build_clip_dataset  # noqa: E402
+from defi.eval.probes import ridge_probe  # noqa: E402
+from defi.experiments.demo.latents import _ee_motion  # noqa: E402
+from defi.models.inverse import GIDM  # noqa: E402
+from defi.train.pretrain_idm import GIDMPretrainModule, PretrainIDMConfig, encode_clips  # noqa: E402
+
+gidm_dir, demos = Path(sys.argv[1]), sys.argv[2]
+gidm = GIDM.from_pretrained(gidm_dir).eval()
+data = replace(PretrainIDMConfig.preset("small").data, sources=[(demos, 1.0)], cameras=(gidm.config.camera,),
+               interval_s=0.4, action_horizon=32, val_fraction=0.5)
+dataset = build_clip_dataset(data, "all")
+indices = list(range(len(dataset)))[:: max(1, len(dataset) // 1200)]
+cached = encode_clips(gidm, dataset, 0, indices, progress=False)
+module = GIDMPretrainModule(gidm, 0)
+rows = {k: [] for k in ("latent", "onehot", "current", "future", "diff")}
+with torch.no_grad():
+    for start in range(0, len(cached), 128):
+        current, future, tokens, mask = module.inputs(cached.batch(slice(start, start + 128)))
+        features, codes = gidm.infer_latent_actions(current, future, tokens, mask)
+        rows["latent"].append(features.float().flatten(1))
+        k = gidm.config.quantizer.codebook_size
+        rows["onehot"].append(torch.nn.functional.one_hot(codes.reshape(codes.shape[0], -1), k).float().flatten(1))
+        rows["current"].append(current.float().mean(1))
+        rows["future"].append(future.float().mean(1))
+        rows["diff"].append((future - current).float().mean(1))
+x = {k: torch.cat(v) for k, v in rows.items()}
+y = torch.from_numpy(_ee_motion(dataset, indices))
+episodes = cached.fields["episode_index"]
+uniq = episodes.unique(sorted=True)
+held = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(0))[: len(uniq) // 2]]
+test = torch.isin(episodes, held)
+inputs = {
+    "latent action": x["latent"], "codes one-hot": x["onehot"], "current frame": x["current"],
+    "latent action + current frame": torch.cat([x["latent"], x["current"]], 1),
+    "codes one-hot + current frame": torch.cat([x["onehot"], x["current"]], 1),
+    "feature difference": x["diff"], "current + future frame": torch.cat([x["current"], x["future"]], 1),
+}
+out = {name: round(ridge_probe(v[~test], y[~test], v[test], y[test])["r2"], 3) for name, v in inputs.items()}
+print(json.dumps({"clips": len(indices), "ee_motion_r2": out}, indent=2))
