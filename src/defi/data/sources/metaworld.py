@@ -41,6 +41,11 @@ class MetaWorldGenConfig(Config):
     seed: int = 0
     action_noise: float = 0.0
     """Std of Gaussian noise added to the expert's actions (the noisy action is executed and recorded)."""
+    action_noise_correlation: float = 0.0
+    """Step-to-step correlation of that noise (AR(1); its std stays `action_noise`). Independent noise (0) averages
+    out within a few steps, so the expert's closed loop erases it and every clip's motion follows from its first
+    frame and its task; 0.95 (a correlation time of ~20 steps, 0.25 s) makes the arm wander visibly off the
+    expert's path, so the motion between o_t and o_{t+n} is not determined by o_t - what latent actions are for."""
     action_free: bool = False
     """Drop actions and states: a video-only source."""
     max_steps: int = 500
@@ -61,6 +66,7 @@ class MetaWorldGenConfig(Config):
         self.check(len(self.cameras) >= 1, "cameras", "at least one camera")
         self.check(8 <= self.image_size <= 1024, "image_size", "between 8 and 1024")
         self.check(self.action_noise >= 0, "action_noise", ">= 0")
+        self.check(0.0 <= self.action_noise_correlation < 1.0, "action_noise_correlation", "in [0, 1)")
         self.check(self.max_steps >= 1, "max_steps", ">= 1")
         self.check(self.post_success_steps >= 0, "post_success_steps", ">= 0")
         self.check(self.max_attempts >= 1, "max_attempts", ">= 1")
@@ -146,6 +152,8 @@ def _store_info(cfg: MetaWorldGenConfig, fps: float) -> Any:
         shapes["next.success"] = np.zeros((1,), bool)
     generator = {"seed": cfg.seed, "action_noise": cfg.action_noise, "max_steps": cfg.max_steps,
                  "post_success_steps": cfg.post_success_steps, "max_attempts": cfg.max_attempts}
+    if cfg.action_noise_correlation > 0:
+        generator["action_noise_correlation"] = cfg.action_noise_correlation  # only when used: old stores resume
     if cfg.mesh_detail < 1.0:
         # Recorded only when used, so stores written with the original meshes (before this option) still resume.
         generator["mesh_detail"] = cfg.mesh_detail
@@ -163,10 +171,14 @@ def rollout(env: Any, episode_seed: int, cfg: MetaWorldGenConfig) -> tuple[bool,
     obs = env.reset(seed=episode_seed)
     frames: dict[str, list[np.ndarray]] = {}
     after_success = 0
+    rho, noise = cfg.action_noise_correlation, None
     for _ in range(cfg.max_steps):
         action = env.expert_action()
         if cfg.action_noise > 0:
-            action = np.clip(action + rng.normal(0.0, cfg.action_noise, size=action.shape), -1.0, 1.0)
+            fresh = rng.normal(0.0, cfg.action_noise, size=action.shape)
+            # AR(1): the stationary std stays action_noise; rho = 0 draws exactly what independent noise did
+            noise = fresh if noise is None else rho * noise + np.sqrt(1.0 - rho**2) * fresh
+            action = np.clip(action + noise, -1.0, 1.0)
         action = action.astype(np.float32)
         step = dict(obs)
         step["action"] = action
