@@ -57,6 +57,8 @@ def test_training_schedule_pretrains_first_and_defi_runs_wait_for_both_models(tm
                                 train_seeds=(0,), workers=1))
     jobs = {j.name: j for j in study.training_jobs(cfg)}
     assert jobs["demos1/seed0/defi"].needs == ("gfdm", "gidm") and jobs["demos1/seed0/image_dp"].needs == ()
+    # no-pretraining builds the same architecture from the pretrained runs' saved configs
+    assert jobs["demos1/seed0/defi-scratch"].needs == ("gfdm", "gidm")
     order, logged = [], []
 
     def fake_job(args):
@@ -67,11 +69,11 @@ def test_training_schedule_pretrains_first_and_defi_runs_wait_for_both_models(tm
     monkeypatch.setattr(study, "_job_main", fake_job)
     study.stage_training(cfg, on_done=lambda name, summary, wall: logged.append(name))
     assert order[:2] == ["gfdm", "gidm"] and logged == order and len(order) == 2 + 2 * 3
-    # once both models exist, DeFI runs come before the runs that never needed them
-    assert order[2:4] == ["demos1/seed0/defi", "demos2/seed0/defi"]
-    # without the DeFI arm nothing is pretrained
-    no_defi = replace(cfg, arms=("defi-scratch", "image_dp"))
-    assert [j.kind for j in study.training_jobs(no_defi)] == ["run"] * 4
+    # once both models exist, the runs that waited for them come before the image DP runs
+    assert order[2:6] == ["demos1/seed0/defi", "demos1/seed0/defi-scratch", "demos2/seed0/defi",
+                          "demos2/seed0/defi-scratch"]
+    # an image-DP-only study pretrains nothing
+    assert [j.kind for j in study.training_jobs(replace(cfg, arms=("image_dp",)))] == ["run"] * 2
 
 
 _ORPHAN_SCRIPT = """

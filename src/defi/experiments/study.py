@@ -10,8 +10,8 @@ continues from its checkpoint):
 3. `training` the GFDM and GIDM pretraining (once; every arm and seed reuses them) and, for every demo count x
              training seed x arm, finetuning on the first n demos of each task (a seeded, nested subset per
              training seed) and evaluation on the SAME episodes (positions and per-episode sampling seeds) with the
-             real camera and, with `finetune.eval.vision_check`, another scene's image; one schedule, so runs
-             that need no pretrained model train while the GFDM and GIDM do
+             real camera and, with `finetune.eval.vision_check`, another scene's image; one schedule, so the
+             image DP runs train while the GFDM and GIDM do
 4. `report`  study.json / study.md / study_data_efficiency.png: per-task and pooled success with Wilson
              intervals, the paired difference of each arm pair with a bootstrap interval (training seeds, then
              episodes within tasks, resampled), the vision-reliance gap, and the data-efficiency curve (Figure 4)
@@ -176,15 +176,15 @@ def _job_main(args: tuple[dict[str, Any], Job]) -> tuple[str, dict[str, Any], fl
 
 
 def training_jobs(cfg: StudyConfig) -> list[Job]:
-    """Pretraining and every demo count x seed x arm, in the order they are started when a worker is free: the
-    pretrainings first (the DeFI runs wait for both), then runs; a DeFI run whose models are ready goes before
-    runs that need no pretraining, since it is what the last of the work waits for."""
-    jobs = [Job("gfdm", "gfdm"), Job("gidm", "gidm")] if "defi" in cfg.arms else []
+    """Pretraining and every demo count x seed x arm. The DeFI arms wait for both pretrained models (no-pretraining
+    takes its architecture from their saved configs); the image diffusion policy waits for nothing."""
+    uses_models = {"defi", "defi-scratch"}
+    jobs = [Job("gfdm", "gfdm"), Job("gidm", "gidm")] if uses_models & set(cfg.arms) else []
     for demos in sorted(cfg.demo_counts):
         for seed in cfg.train_seeds:
             for arm in cfg.arms:
-                jobs.append(Job(f"demos{demos}/seed{seed}/{arm}", "run", ("gfdm", "gidm") if arm == "defi" else (),
-                                (demos, seed, arm)))
+                jobs.append(Job(f"demos{demos}/seed{seed}/{arm}", "run",
+                                ("gfdm", "gidm") if arm in uses_models else (), (demos, seed, arm)))
     return jobs
 
 
@@ -199,11 +199,11 @@ def _job_finished(cfg: StudyConfig, job: Job) -> bool:
 
 def stage_training(cfg: StudyConfig, on_done: Any = None) -> dict[str, Any]:
     """Pretraining and the finetuning runs as one schedule, `workers` processes at a time (one torch thread
-    each): runs that need no pretrained model (no-pretraining, image DP) start while the GFDM and the GIDM train,
-    so a 2-core machine is never idle waiting for the longest pretraining. Finished jobs are reused; an
+    each): the GFDM and the GIDM train side by side, and runs that need neither (image DP) fill a worker while
+    the longer pretraining goes on, so a 2-core machine is not left idle. Finished jobs are reused; an
     interrupted one resumes from its checkpoint. `on_done(name, summary, wall_s)` is called as each job ends."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    import queue
 
     from tqdm.auto import tqdm
 
@@ -217,8 +217,9 @@ def stage_training(cfg: StudyConfig, on_done: Any = None) -> dict[str, Any]:
 
     def ready() -> list[Job]:
         free = [j for j in todo if all(n in done for n in j.needs)]
-        # pretraining, then DeFI runs (critical path), then the rest, each in listed order
-        return sorted(free, key=lambda j: (j.kind == "run", j.run is not None and j.run[2] != "defi"))
+        # pretraining first, then the runs that waited for it (the comparison the study is about), each in
+        # listed order; image DP runs fill a free worker while pretraining goes on
+        return sorted(free, key=lambda j: (j.kind == "run", j.run is not None and j.run[2] == "image_dp"))
 
     def finish(name: str, summary: dict[str, Any], wall_s: float) -> None:
         done.add(name)
@@ -230,21 +231,30 @@ def stage_training(cfg: StudyConfig, on_done: Any = None) -> dict[str, Any]:
     try:
         if cfg.workers == 1:
             while todo:
+                if not ready():
+                    raise DefiError(f"study jobs {[j.name for j in todo]} wait for jobs that are not scheduled")
                 job = ready()[0]
                 todo.remove(job)
                 finish(*_job_main((cfg_dict, job)))
         else:
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(cfg.workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-                running: dict[Future, Job] = {}
+            # multiprocessing.Pool, not concurrent.futures: ProcessPoolExecutor(max_tasks_per_child=1) on Python
+            # 3.11 left a submitted job unstarted after a worker retired (measured: the study idled on one core)
+            ended: queue.Queue = queue.Queue()
+            with mp.get_context("spawn").Pool(cfg.workers, maxtasksperchild=1) as pool:
+                running = 0
                 while todo or running:
-                    for job in ready()[: cfg.workers - len(running)]:
+                    for job in ready()[: cfg.workers - running]:
                         todo.remove(job)
-                        running[pool.submit(_job_main, (cfg_dict, job))] = job
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        running.pop(future)
-                        finish(*future.result())
+                        running += 1
+                        pool.apply_async(_job_main, ((cfg_dict, job),), callback=lambda r: ended.put((r, None)),
+                                         error_callback=lambda e: ended.put((None, e)))
+                    if not running:
+                        raise DefiError(f"study jobs {[j.name for j in todo]} wait for jobs that are not scheduled")
+                    result, error = ended.get()
+                    running -= 1
+                    if error is not None:
+                        raise error
+                    finish(*result)
     finally:
         bar.close()
     return {"jobs": len(jobs)}
