@@ -118,3 +118,17 @@ def test_study_workers_end_when_the_study_process_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the worker outlived the study process")
+
+
+def test_a_config_field_added_since_a_run_was_made_does_not_block_resuming_it(tmp_path):
+    from defi.config import save_config
+    from defi.experiments.demo.config import changed_settings
+
+    cfg = StudyConfig.preset("tiny")
+    path = save_config(cfg, tmp_path / "config.json")
+    saved = json.loads(path.read_text())
+    del saved["corpus"]["action_noise_correlation"]  # as written before the field existed
+    path.write_text(json.dumps(saved))
+    assert changed_settings(cfg, path) == []
+    assert changed_settings(replace(cfg, corpus=replace(cfg.corpus, action_noise_correlation=0.5)), path) == ["corpus"]
+    assert changed_settings(replace(cfg, seed=3), path) == ["seed"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from defi.config import Config, preset, replace
 from defi.data.sources.metaworld import MetaWorldGenConfig
+from defi.errors import DefiError
 from defi.eval.metaworld import EvalConfig
 from defi.experiments.compare import Variant
 from defi.train.finetune import FinetuneConfig
@@ -87,13 +88,20 @@ def demo_clips_for_idm(cfg: DemoConfig, split: str = "all"):
 
 
 def changed_settings(cfg: Config, path: Path, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Top-level fields of `cfg` that differ from the config saved at `path` ([] when there is none)."""
-    from defi.config import to_dict
+    """Top-level fields of `cfg` that differ from the config saved at `path` ([] when there is none). The saved
+    config is read back through the config class first, so a field added to defi since the run was made (absent
+    from the file) counts as its default rather than as a change."""
+    from defi.config import from_dict, to_dict
 
     if not path.is_file():
         return []
     skip = {"_type", *ignore}
-    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in skip}
+    saved = json.loads(path.read_text())
+    try:
+        saved = to_dict(from_dict(type(cfg), {k: v for k, v in saved.items() if k != "_type"}))
+    except (DefiError, TypeError, ValueError):
+        pass  # a field since removed or renamed: compare the file as written
+    old = {k: v for k, v in json.loads(json.dumps(saved, default=str)).items() if k not in skip}
     new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items() if k not in skip}
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
