@@ -1,7 +1,9 @@
 """Is end-effector motion in the GIDM's latent actions but not linearly? A 2-layer MLP probe next to the ridge
 probe, latent action vs frame-feature difference, fitted on half of the demo episodes and scored on the other half
 (the split of defi.experiments.demo.latents)."""
-import json, os, sys
+import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np

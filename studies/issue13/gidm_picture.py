@@ -1,11 +1,16 @@
-import json, os, sys
+import json
+import os
+import sys
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
 from defi.config import replace
 from defi.data import build_clip_dataset
 from defi.experiments.demo.latents import gidm_latent_picture
 from defi.train import pretrain_idm
+
 run_dir = Path(sys.argv[1])
 cfg = json.loads((run_dir / "config.json").read_text())
 d = cfg["data"]

@@ -1,14 +1,20 @@
 """Does the GIDM's decoder use its latent action? Decoded-future MSE with each clip's own latent action, another
 clip's (shuffled), and the mean latent, on demo clips the GIDM never trained on."""
-import json, os, sys
+import json
+import os
+import sys
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 torch.set_num_threads(1)
 from defi.config import replace
 from defi.data import build_clip_dataset
 from defi.models.inverse import GIDM
 from defi.train import pretrain_idm
 from defi.train.pretrain_idm import GIDMPretrainModule, encode_clips
+
 run_dir = Path(sys.argv[1])
 d = json.loads((run_dir / "config.json").read_text())["data"]
 base = pretrain_idm.PretrainIDMConfig.preset("small").data

@@ -1,6 +1,9 @@
 """GIDM design sweep for issue 13: codebook size / tokens / normalised codes, on the study-1 corpus, scored on the
 12-task demonstrations (probe to the true actions, codebook usage, latent actions -> end-effector displacement)."""
-import json, os, sys, time
+import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import torch
