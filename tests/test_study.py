@@ -132,3 +132,18 @@ def test_a_config_field_added_since_a_run_was_made_does_not_block_resuming_it(tm
     assert changed_settings(cfg, path) == []
     assert changed_settings(replace(cfg, corpus=replace(cfg.corpus, action_noise_correlation=0.5)), path) == ["corpus"]
     assert changed_settings(replace(cfg, seed=3), path) == ["seed"]
+
+
+def test_report_names_the_seeds_of_a_demo_count_run_on_fewer_seeds_than_the_study():
+    from defi.eval.stats import summarise
+
+    def arm(seeds):
+        s = summarise([True, False])
+        return {"overall": s, "per_task": {"reach-v3": s}, "seeds": seeds, "overall_ci_seeds_episodes": [0.1, 0.9]}
+
+    result = {"tasks": ["reach-v3"], "episodes_per_task": 2, "train_seeds": [0, 1, 2], "arms": ["defi", "image_dp"],
+              "by_demos": {"2": {"arms": {"defi": arm([0]), "image_dp": arm([0])}, "pairs": {}},
+                           "10": {"arms": {"defi": arm([0, 1, 2]), "image_dp": arm([0, 1, 2])}, "pairs": {}}}}
+    text = markdown(result)
+    assert "### 2 demonstrations per task (training seeds [0] of [0, 1, 2])" in text
+    assert "### 10 demonstrations per task\n" in text

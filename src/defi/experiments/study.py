@@ -338,7 +338,11 @@ def markdown(result: dict[str, Any]) -> str:
              "training seeds, then episodes within tasks (bootstrap).", ""]
     for demos, row in result["by_demos"].items():
         arms = [a for a in result["arms"] if a in row["arms"]]
-        lines += [f"### {demos} demonstrations per task", "",
+        # a demo count run on fewer seeds than the study's (a first point, an extension in progress) says so in its
+        # heading, so that its intervals are not read as covering every seed
+        seeds = sorted({s for a in arms for s in row["arms"][a]["seeds"]})
+        partial = f" (training seeds {seeds} of {result['train_seeds']})" if seeds != sorted(result["train_seeds"]) else ""
+        lines += [f"### {demos} demonstrations per task{partial}", "",
                   "| task | " + " | ".join(LABELS.get(a, a) for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
         for t in tasks:
             lines.append(f"| {t.removesuffix('-v3')} | " + " | ".join(pct(row["arms"][a]["per_task"][t]) for a in arms)
