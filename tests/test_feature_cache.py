@@ -80,10 +80,10 @@ def test_cached_loss_equals_uncached_and_matches_batch_one_features(frozen_polic
         torch.testing.assert_close(value[0], store[name][5].float(), rtol=2e-3, atol=2e-3)
 
 
-def test_cached_finetune_trains_without_running_the_frozen_gfdm(tmp_path, policy_store, monkeypatch):
+def count_gfdm_batches(monkeypatch) -> list[int]:
+    """Finetuning on the first 12 clips of each split, recording the batch size of every GFDM one-step call."""
     import defi.policies.defi.modeling_defi as modeling_defi
 
-    finetune_module = finetune_stage
     calls = []
     original = modeling_defi.one_step
 
@@ -92,8 +92,13 @@ def test_cached_finetune_trains_without_running_the_frozen_gfdm(tmp_path, policy
         return original(model, images, *args, **kwargs)
 
     monkeypatch.setattr(modeling_defi, "one_step", counting)
-    build = finetune_module.build_clip_dataset
-    monkeypatch.setattr(finetune_module, "build_clip_dataset", lambda cfg, split: FirstClips(build(cfg, split), range(12)))
+    build = finetune_stage.build_clip_dataset
+    monkeypatch.setattr(finetune_stage, "build_clip_dataset", lambda cfg, split: FirstClips(build(cfg, split), range(12)))
+    return calls
+
+
+def test_cached_finetune_trains_without_running_the_frozen_gfdm(tmp_path, policy_store, monkeypatch):
+    calls = count_gfdm_batches(monkeypatch)
     cfg = tiny(tmp_path, policy_store, val_batches=0)
     cfg = replace(cfg, trainer=replace(cfg.trainer, max_steps=20, log_every=1, checkpoint_every=100, lr=3e-3))
     finetune_stage.run(cfg)
@@ -127,3 +132,15 @@ def test_cache_over_the_memory_limit_is_refused_with_the_estimate(frozen_policy)
     policy, train = frozen_policy
     with pytest.raises(DefiError, match=r"GiB, over the limit of 1e-06 GiB"):
         cache_of(policy, Subset(train, range(2)), max_gib=1e-6)
+
+
+def test_random_shift_finetune_runs_the_frozen_parts_on_every_training_batch(tmp_path, policy_store, monkeypatch,
+                                                                             capsys):
+    calls = count_gfdm_batches(monkeypatch)
+    cfg = tiny(tmp_path, policy_store, val_batches=0)
+    cfg = replace(cfg, defi=replace(cfg.defi, random_shift=2),
+                  trainer=replace(cfg.trainer, max_steps=5, log_every=1, checkpoint_every=100))
+    finetune_stage.run(cfg)
+    assert "no feature cache: random_shift=2" in capsys.readouterr().out
+    # no cache build: the GFDM ran once per training step, on the training batch
+    assert calls[:5] == [cfg.trainer.batch_size] * 5

@@ -180,3 +180,42 @@ def test_inference_path_gives_the_training_path_actions(monkeypatch):
         for module in (policy.gfdm, policy.gidm, policy.adapter):
             next(module.parameters()).mul_(1.1)
     check((2,))
+
+
+def test_random_shift_moves_the_training_images_only_and_turns_the_cache_off(monkeypatch):
+    import defi.policies.defi.modeling_defi as modeling_defi
+
+    seen = []
+    original = modeling_defi.one_step
+
+    def recording(model, images, *args, **kwargs):
+        seen.append(images.clone())
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_defi, "one_step", recording)
+    torch.manual_seed(0)
+    p = DeFIPolicy(replace(policy_tiny(), random_shift=2))
+    p.normalizer.set_stats({"action": STATS, "observation.state": STATS})
+    p.fast_gfdm = False  # evaluation through `one_step` too, so both paths are recorded
+    assert p.cacheable_inputs() == ()  # shifted images make the frozen outputs differ every step
+    batch = tiny_batch()
+    p.train()
+    p(batch)
+    p(batch)
+    first, second = seen[-2], seen[-1]
+    assert first.shape == batch["images"].shape and not torch.equal(first, batch["images"])
+    assert not torch.equal(first, second)  # a new shift each step
+    # a shift is a whole-pixel translation: the interior of the shifted frame is a crop of the original
+    b, v, c, h, w = first.shape
+    original_frames = batch["images"].reshape(b * v, c, h, w)
+    for frame, source in zip(first.reshape(b * v, c, h, w), original_frames):
+        assert any(torch.equal(frame[:, 2:-2, 2:-2], source[:, 2 + dy:h - 2 + dy, 2 + dx:w - 2 + dx])
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+    p.eval()
+    with torch.no_grad():
+        p.condition(batch)
+    assert torch.equal(seen[-1], batch["images"])  # evaluation sees the camera as it is
+    p.train()
+    cached = {**batch, "cache.current_tokens": torch.zeros(2, 4, 8)}
+    with pytest.raises(DefiError, match="random_shift=2"):
+        p(cached)

@@ -10,8 +10,8 @@ import torch
 
 from defi.config import from_dict, to_dict
 from defi.errors import ConfigError, DefiError, ShapeError
+from defi.models.layers import random_shift
 from defi.policies.image_dp import ImageDPConfig, ImageDPPolicy
-from defi.policies.image_dp.image_encoder import random_shift
 
 ACTION_STATS = {"min": [-2.0, -1.0, 0.0, -1.0], "max": [2.0, 1.0, 4.0, 1.0]}
 STATE_STATS = {"min": [-1.0, -1.0, -1.0], "max": [1.0, 1.0, 3.0]}

@@ -138,6 +138,9 @@ def run(cfg: FinetuneConfig, datasets: dict[str, Dataset] | None = None) -> dict
         print(f"cached {', '.join(cache.features)} for {len(train)} clips: {cache.nbytes() / 2**20:.1f} MiB in "
               f"{time.perf_counter() - start:.1f} s")
         train = CachedDataset(cache, train)
+    elif cfg.cache_frozen and getattr(policy.config, "random_shift", 0):
+        print(f"no feature cache: random_shift={policy.config.random_shift} augments the images, so the frozen parts "
+              "run every step")
 
     def eval_fn(model: nn.Module, step: int) -> dict[str, float]:
         return val_action_mse(model, val, cfg.val_batches, min(cfg.trainer.batch_size, 32))

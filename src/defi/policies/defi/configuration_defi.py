@@ -25,6 +25,10 @@ class DeFIConfig(PolicyConfig):
     """Width of the adapter's condition tokens."""
     trainable: Trainable = "gidm+adapter"
     """Which parts finetune (paper Table 9); the MLP, Video Former and adapter always train."""
+    random_shift: int = 0
+    """Training-time augmentation: each camera frame is shifted by up to this many pixels (DrQ, as the image
+    diffusion policy does) before every part sees it. 0 = off. On, the frozen parts' outputs change every step, so
+    finetuning computes them each step instead of caching them once per clip."""
     action_normalization: NormalizationMode = "min_max"
     forward: ForwardDynamicsConfig = field(default_factory=lambda: ForwardDynamicsConfig.preset("small"))
     inverse: GIDMConfig = field(default_factory=lambda: GIDMConfig.preset("small"))
@@ -49,6 +53,7 @@ class DeFIConfig(PolicyConfig):
         self.check(-self.forward.num_frames <= self.future_frame < self.forward.num_frames, "future_frame",
                    f"an index into the GFDM's {self.forward.num_frames} predicted frames")
         self.check(self.fused_dim >= 1 and self.projector_hidden >= 1, "fused_dim", "positive widths")
+        self.check(self.random_shift >= 0, "random_shift", "an integer >= 0 (pixels)")
         widths = self.forward.feature_channels()
         for name, width in zip(self.video_former.layers, self.video_former.in_channels):
             self.check(widths.get(name) == width, "video_former",

@@ -50,6 +50,7 @@ from defi.models.forward import (
     to_unit_range,
 )
 from defi.models.inverse import GIDM
+from defi.models.layers import random_shift
 from defi.models.traced import TracedCall, inference_cache
 from defi.policies.base import Normalizer, PolicyMetadata, TorchPolicyMixin
 from defi.policies.defi.configuration_defi import DeFIConfig, Trainable
@@ -170,7 +171,9 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
     def cacheable_inputs(self) -> tuple[str, ...]:
         """Names of the frozen, deterministic per-clip values `condition` accepts precomputed (the frame encoder
         always; the GFDM's one-step outputs only while it is frozen). The text encoders memoise per string
-        already, so they need no cache."""
+        already, so they need no cache. With `random_shift` the images differ every step: nothing is cacheable."""
+        if self.config.random_shift:
+            return ()
         layers = tuple(f"gfdm.{name}" for name in self.config.video_former.layers)
         return ("current_tokens",) + (() if self.gfdm_trains else layers + ("gfdm.future",))
 
@@ -267,13 +270,20 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
     def condition(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """A clip or observation batch -> (condition tokens [B, N, fused_dim], global condition [B, Dg]).
 
-        Values of `frozen_features` given as "cache.<name>" keys replace their computation (finetuning's cache)."""
+        Values of `frozen_features` given as "cache.<name>" keys replace their computation (finetuning's cache).
+        In training, `random_shift` shifts every frame before any part sees it."""
         cfg = self.config
         images, instructions = batch["images"], list(batch["instruction"])
         b = images.shape[0]
         if images.ndim != 5 or images.shape[1:] != (len(cfg.cameras), 3, cfg.image_size, cfg.image_size):
             raise ShapeError(f"images: expected [B, {len(cfg.cameras)}, 3, {cfg.image_size}, {cfg.image_size}] "
                              f"(cameras {list(cfg.cameras)}), got {list(images.shape)}")
+        if cfg.random_shift and self.training:
+            if any(key.startswith("cache.") for key in batch):
+                raise DefiError(f"random_shift={cfg.random_shift} augments the images every step: the frozen "
+                                "parts' outputs cannot come from a feature cache")
+            images = rearrange(random_shift(rearrange(images, "b v c h w -> (b v) c h w"), cfg.random_shift),
+                               "(b v) c h w -> b v c h w", b=b)
         if "cache.gfdm.future" in batch:
             if self.gfdm_trains and self.training:
                 raise DefiError(f"trainable={self.trainable!r} trains the GFDM: its outputs cannot come from a "

@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from defi.config import Config
+from defi.models.layers.augment import random_shift
 
 
 @dataclass
@@ -65,21 +66,6 @@ class ResidualBlock(nn.Module):
         h = F.relu(self.norm1(self.conv1(x)))
         h = self.norm2(self.conv2(h))
         return F.relu(h + self.skip(x))
-
-
-def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
-    """Shift each image [N, C, H, W] by up to `pad` pixels (replicate-padded borders), DrQ-style."""
-    if pad == 0:
-        return images
-    n, _, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    rng_device = generator.device if generator is not None else images.device
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device=rng_device).to(images.device)
-    rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # [N, H]
-    cols = offsets[:, 1:2] + torch.arange(width, device=images.device)  # [N, W]
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    shifted = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
-    return shifted.permute(0, 3, 1, 2)
 
 
 class ConvImageEncoder(nn.Module):
