@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# A study point with another finetuning recipe for the two DeFI arms (issue 13, item 3), in its own run dir
+# $ROOT/$NAME that reuses study1's data, GFDM, GIDM and image DP runs (symlinks): only the DeFI and
+# no-pretraining runs train again, and the report compares all three arms on the same episodes. The recipe is
+# given as `defi study` options, e.g.
+#   NAME=study-shift studies/issue13/recipe_point.sh --finetune.defi.random-shift 4
+#   NAME=study-all SEEDS=0 studies/issue13/recipe_point.sh --finetune.defi.trainable all
+# Needs a finished `study_point.sh` (study1). Rerun to resume (with the same options).
+set -euo pipefail
+export OMP_NUM_THREADS=1 MUJOCO_GL=egl
+root=${ROOT:-runs/issue13}
+dir=$root/${NAME:?set NAME, the run dir of this recipe under ROOT}
+mkdir -p "$dir/runs"
+for part in data gfdm gidm; do ln -sfn "../study1/$part" "$dir/$part"; done
+for demos in ${DEMOS:-10}; do
+  for seed in ${SEEDS:-0 1 2}; do
+    mkdir -p "$dir/runs/demos$demos/seed$seed"
+    # an image DP run study1 has not made is trained here (a link to a missing run would dangle)
+    [ -d "$root/study1/runs/demos$demos/seed$seed/image_dp" ] || continue
+    ln -sfn "../../../../study1/runs/demos$demos/seed$seed/image_dp" "$dir/runs/demos$demos/seed$seed/image_dp"
+  done
+done
+defi study --run-dir "$dir" --demo-counts ${DEMOS:-10} --train-seeds ${SEEDS:-0 1 2} "$@"
