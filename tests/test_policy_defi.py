@@ -219,3 +219,27 @@ def test_random_shift_moves_the_training_images_only_and_turns_the_cache_off(mon
     cached = {**batch, "cache.current_tokens": torch.zeros(2, 4, 8)}
     with pytest.raises(DefiError, match="random_shift=2"):
         p(cached)
+
+
+def test_gfdm_feature_layers_choose_the_blocks_read_also_from_a_pretrained_gfdm(tmp_path):
+    from defi.models.forward import ForwardDynamicsModel
+
+    layers = ("mid_block", "up_blocks.0", "up_blocks.1")
+    torch.manual_seed(0)
+    gfdm = ForwardDynamicsModel(policy_tiny().forward)  # pretrained with the preset's two layers
+    gfdm.save_pretrained(tmp_path / "gfdm")
+    config = replace(policy_tiny(), gfdm_feature_layers=layers)
+    p = DeFIPolicy.from_pretrained_runs(config, fdm=tmp_path / "gfdm")
+    assert p.config.video_former.layers == layers and tuple(p.config.forward.features.layers) == layers
+    assert p.config.video_former.in_channels == (64, 64, 32)  # up_blocks.1 is the UNet's first (32-channel) level
+    for name, value in gfdm.state_dict().items():  # choosing blocks to read changes no weight
+        assert torch.equal(p.gfdm.state_dict()[name], value)
+    p.normalizer.set_stats({"action": STATS, "observation.state": STATS})
+    assert {f"gfdm.{name}" for name in layers} <= set(p.cacheable_inputs())
+    p.train()
+    p(tiny_batch())["loss"].backward()
+    assert p.video_former.proj[2].weight.grad is not None  # the new block's features reach the loss
+    # the policy built directly from the config reads the same blocks; a bad block name is refused by name
+    assert DeFIPolicy(config).config.video_former.layers == layers
+    with pytest.raises(DefiError, match="up_blocks.7"):
+        DeFIPolicy(replace(policy_tiny(), gfdm_feature_layers=("up_blocks.7",)))

@@ -25,6 +25,10 @@ class DeFIConfig(PolicyConfig):
     """Width of the adapter's condition tokens."""
     trainable: Trainable = "gidm+adapter"
     """Which parts finetune (paper Table 9); the MLP, Video Former and adapter always train."""
+    gfdm_feature_layers: tuple[str, ...] = ()
+    """The GFDM blocks whose one-step outputs the Video Former reads (e.g. "mid_block", "up_blocks.1"); empty = the
+    GFDM config's own `features.layers`. Set here, it also applies to a pretrained GFDM (block outputs are read,
+    not trained, so any block of the pretrained UNet can be chosen at finetuning)."""
     random_shift: int = 0
     """Training-time augmentation: each camera frame is shifted by up to this many pixels (DrQ, as the image
     diffusion policy does) before every part sees it. 0 = off. On, the frozen parts' outputs change every step, so
@@ -65,7 +69,11 @@ class DeFIConfig(PolicyConfig):
         return self.cameras.index(self.inverse.camera)
 
     def with_forward(self, forward: ForwardDynamicsConfig) -> DeFIConfig:
-        """A copy built around another GFDM (e.g. a pretrained one): the Video Former reads its feature layers."""
+        """A copy built around another GFDM (e.g. a pretrained one): the Video Former reads its feature layers, or
+        `gfdm_feature_layers` when set."""
+        if self.gfdm_feature_layers:
+            forward = replace(forward, features=replace(forward.features, layers=tuple(self.gfdm_feature_layers)))
+            validate_config(forward)
         vf = video_former_config(forward)
         return replace(self, forward=forward, video_former=replace(
             self.video_former, layers=vf.layers, in_channels=vf.in_channels, num_frames=vf.num_frames))

@@ -85,6 +85,8 @@ class DeFIPolicy(TorchPolicyMixin, PretrainedMixin, nn.Module):
 
     def __init__(self, config: DeFIConfig):
         super().__init__()
+        if config.gfdm_feature_layers and tuple(config.forward.features.layers) != tuple(config.gfdm_feature_layers):
+            config = config.with_forward(config.forward)
         validate_config(config)
         self.config = config
         inverse = config.inverse
