@@ -414,6 +414,7 @@ def efficiency_plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xticks([int(d) for d in result["by_demos"]])
     ax.set_xticklabels(list(result["by_demos"]))
+    ax.minorticks_off()  # the log axis's minor labels (3x10^0, ...) would crowd the demo counts
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     fig.tight_layout()
