@@ -129,3 +129,19 @@ def test_quick_preset_end_to_end_smoke(tmp_path):
     assert report["gfdm"]["eval_clips"] == 16 and report["gidm"]["codebook_size"] == 128
     assert report["latency"]["one_thread"]["whole_ms"] > 0 and report["latent_actions"]["clips"] == 400
     assert (run_dir / "report.html").stat().st_size > 50_000
+
+
+def test_full_preset_runs_the_study_regime():
+    """`defi demo --preset full` shows the regime `defi study` measured (issue 13): the same tasks, view, models and
+    finetuning recipe, no proprio state, and the vision-reliance check; only the budgets are smaller."""
+    from defi.experiments.demo.config import resolve
+    from defi.experiments.study import StudyConfig
+
+    demo, study = resolve(DemoConfig.preset("full")), StudyConfig.preset("small")
+    assert demo.finetune.eval.tasks == study.finetune.eval.tasks and demo.finetune.eval.vision_check
+    assert demo.corpus.cameras == demo.demos.cameras == study.corpus.cameras == ("workspace_close",)
+    assert demo.corpus.tasks == study.corpus.tasks and demo.demos.tasks == ",".join(study.finetune.eval.tasks)
+    assert demo.finetune.defi == study.finetune.defi and demo.finetune.defi.state_dim == 0
+    assert demo.finetune.image_dp == study.finetune.image_dp and demo.finetune.image_dp.state_dim == 0
+    assert demo.idm.model == study.idm.model and demo.fdm.model == study.fdm.model
+    assert demo.finetune.trainer == study.finetune.trainer

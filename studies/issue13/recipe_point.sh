@@ -5,6 +5,8 @@
 # given as `defi study` options, e.g.
 #   NAME=study-shift studies/issue13/recipe_point.sh --finetune.defi.random-shift 4
 #   NAME=study-all SEEDS=0 studies/issue13/recipe_point.sh --finetune.defi.trainable all
+# With IMAGE_DP=train the image DP is not linked but trained here with the same recipe (needed when the recipe
+# changes the shared trainer settings, e.g. --finetune.trainer.max-steps, so that all arms get the same budget).
 # Needs a finished `study_point.sh` (study1). Rerun to resume (with the same options).
 set -euo pipefail
 export OMP_NUM_THREADS=1 MUJOCO_GL=egl
@@ -16,6 +18,7 @@ for demos in ${DEMOS:-10}; do
   for seed in ${SEEDS:-0 1 2}; do
     mkdir -p "$dir/runs/demos$demos/seed$seed"
     # an image DP run study1 has not made is trained here (a link to a missing run would dangle)
+    [ "${IMAGE_DP:-link}" = link ] || continue
     [ -d "$root/study1/runs/demos$demos/seed$seed/image_dp" ] || continue
     ln -sfn "../../../../study1/runs/demos$demos/seed$seed/image_dp" "$dir/runs/demos$demos/seed$seed/image_dp"
   done

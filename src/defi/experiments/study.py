@@ -34,6 +34,7 @@ from defi.data.sources.metaworld import MetaWorldGenConfig
 from defi.errors import ConfigError, DefiError
 from defi.eval.stats import paired_difference, pct, points, summarise
 from defi.experiments.compare import Variant, finished_metrics, variant_config
+from defi.experiments.regime import CAMERA, CORPUS_TASKS, OTHER_TASKS, regime_stages
 from defi.train.finetune import FinetuneConfig
 from defi.train.pretrain_fdm import PretrainFDMConfig
 from defi.train.pretrain_idm import PretrainIDMConfig
@@ -534,54 +535,11 @@ def _tiny() -> StudyConfig:
                        bootstrap=200)
 
 
-# The regime of the study (issue 13), chosen by measurement:
-# - the view: `workspace_close` at 64x64 (benchmarks/check_visibility.py): the targets cover ~4x corner's pixels
-#   at a lower render cost;
-# - the tasks: candidates whose object or goal position varies and is visible in that view and which a blind
-#   policy mostly fails (the scripted expert told another scene's positions succeeds in <= 20-55% of them), kept
-#   where an image policy without proprio learnt something from 10 demonstrations per task (pilot: 6 of 12);
-# - no proprio state for any arm: with it, earlier policies ignored their camera (issue 13's measurements);
-# - the GFDM predicts 4 frames 8 control steps apart (0.4 s at 80 Hz), the GIDM's future frame is 0.4 s ahead:
-#   the GFDM's last predicted frame is what the GIDM reads as o_{t+n}.
-STUDY_TASKS = ("button-press-topdown-v3", "coffee-button-v3", "coffee-push-v3", "disassemble-v3", "door-lock-v3",
-               "push-v3")
-CORPUS_TASKS = ("reach,push,button-press-topdown,coffee-button,handle-pull-side,dial-turn,coffee-push,hand-insert,"
-                "lever-pull,peg-unplug-side,disassemble,door-lock")
-OTHER_TASKS = ("MT10,button-press,door-close,drawer-open,faucet-open,faucet-close,handle-press,plate-slide,"
-               "window-close,reach-wall,basketball,sweep-into,door-unlock,handle-pull,coffee-pull,shelf-place,"
-               "push-back,pick-out-of-hole")
-STUDY_CAMERA = "workspace_close"
-
-
 @preset(StudyConfig, "small")
 def _small() -> StudyConfig:
-    from defi.eval.metaworld import EvalConfig
-    from defi.policies.defi import DeFIConfig
-    from defi.policies.image_dp import ImageDPConfig
-    from defi.train.trainer import TrainerConfig
-
-    cam = (STUDY_CAMERA,)
-    gen = dict(cameras=cam, image_size=64, workers=1, progress=False)
-    fdm = PretrainFDMConfig.preset("small")
-    fdm = replace(fdm, data=replace(fdm.data, cameras=cam, future_stride=8, val_fraction=0.05),
-                  trainer=replace(fdm.trainer, max_steps=2000, batch_size=16, checkpoint_every=250, eval_every=500,
-                                  progress=False),
-                  eval=replace(fdm.eval, clips=64))
-    idm = PretrainIDMConfig.preset("small")
-    idm = replace(idm, data=replace(idm.data, cameras=cam, interval_s=0.4, action_horizon=32, val_fraction=0.05),
-                  # 128 cosine-normalised codes: of the designs measured on this corpus (studies/issue13), the one
-                  # whose latent actions predict end-effector motion best (R^2 0.16 vs 0.05 with 16 plain codes)
-                  model=replace(idm.model, camera=STUDY_CAMERA,
-                                quantizer=replace(idm.model.quantizer, codebook_size=128, normalize=True)),
-                  trainer=replace(idm.trainer, max_steps=2000, checkpoint_every=500, eval_every=1000, progress=False))
-    defi = DeFIConfig.preset("small")
-    defi = replace(defi, cameras=cam, state_dim=0, inverse=replace(defi.inverse, camera=STUDY_CAMERA))
-    ft = FinetuneConfig.preset("small")
-    ft = replace(ft, defi=defi, image_dp=replace(ImageDPConfig.preset("small"), cameras=cam, state_dim=0),
-                 trainer=TrainerConfig(max_steps=2000, batch_size=16, lr=3e-4, warmup_steps=100, ema_decay=0.995,
-                                       checkpoint_every=500, log_every=50, eval_every=0, progress=False),
-                 eval=EvalConfig(tasks=STUDY_TASKS, episodes_per_task=20, cameras=cam, max_episode_steps=300,
-                                 execute_steps=8, batch_size=20, vision_check=True, video_episodes=1))
+    """The regime of issue 13 (`defi.experiments.regime`): 6 tasks whose targets the camera sees, no proprio."""
+    gen = dict(cameras=(CAMERA,), image_size=64, workers=1, progress=False)
+    fdm, idm, ft = regime_stages(fdm_steps=2000, idm_steps=2000, finetune_steps=2000, episodes_per_task=20)
     return StudyConfig(corpus=MetaWorldGenConfig(tasks=CORPUS_TASKS, episodes_per_task=100, **gen),
                        corpus_other=MetaWorldGenConfig(tasks=OTHER_TASKS, episodes_per_task=10, **gen),
                        demos=MetaWorldGenConfig(**gen), fdm=fdm, idm=idm, finetune=ft)
