@@ -17,8 +17,8 @@ for part in data gfdm gidm; do ln -sfn "../study1/$part" "$dir/$part"; done
 for demos in ${DEMOS:-10}; do
   for seed in ${SEEDS:-0 1 2}; do
     mkdir -p "$dir/runs/demos$demos/seed$seed"
-    # an image DP run study1 has not made is trained here (a link to a missing run would dangle)
     [ "${IMAGE_DP:-link}" = link ] || continue
+    # an image DP run study1 has not made is trained here (a link to a missing run would dangle)
     [ -d "$root/study1/runs/demos$demos/seed$seed/image_dp" ] || continue
     ln -sfn "../../../../study1/runs/demos$demos/seed$seed/image_dp" "$dir/runs/demos$demos/seed$seed/image_dp"
   done

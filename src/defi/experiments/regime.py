@@ -37,14 +37,16 @@ CAMERA = "workspace_close"
 
 
 def regime_stages(fdm_steps: int, idm_steps: int, finetune_steps: int, episodes_per_task: int,
-                  eval_workers: int = 1) -> tuple[PretrainFDMConfig, PretrainIDMConfig, FinetuneConfig]:
+                  eval_workers: int = 1, progress: bool = False,
+                  ) -> tuple[PretrainFDMConfig, PretrainIDMConfig, FinetuneConfig]:
     """The GFDM pretraining, GIDM pretraining and finetuning (+ evaluation with the vision-reliance check) configs
-    of the regime, with the given budgets. Data sources and run directories are set by the caller."""
+    of the regime, with the given budgets. Data sources and run directories are set by the caller. `progress`:
+    training progress bars (off where a caller shows its own, as the study's job scheduler does)."""
     cam = (CAMERA,)
     fdm = PretrainFDMConfig.preset("small")
     fdm = replace(fdm, data=replace(fdm.data, cameras=cam, future_stride=8, val_fraction=0.05),
                   trainer=replace(fdm.trainer, max_steps=fdm_steps, batch_size=16, checkpoint_every=250,
-                                  eval_every=500, progress=False),
+                                  eval_every=500, progress=progress),
                   eval=replace(fdm.eval, clips=64))
     idm = PretrainIDMConfig.preset("small")
     idm = replace(idm, data=replace(idm.data, cameras=cam, interval_s=0.4, action_horizon=32, val_fraction=0.05),
@@ -53,14 +55,14 @@ def regime_stages(fdm_steps: int, idm_steps: int, finetune_steps: int, episodes_
                   model=replace(idm.model, camera=CAMERA,
                                 quantizer=replace(idm.model.quantizer, codebook_size=128, normalize=True)),
                   trainer=replace(idm.trainer, max_steps=idm_steps, checkpoint_every=500, eval_every=1000,
-                                  progress=False))
+                                  progress=progress))
     defi = DeFIConfig.preset("small")
     defi = replace(defi, cameras=cam, state_dim=0, inverse=replace(defi.inverse, camera=CAMERA))
     ft = FinetuneConfig.preset("small")
     ft = replace(ft, defi=defi, image_dp=replace(ImageDPConfig.preset("small"), cameras=cam, state_dim=0),
                  trainer=TrainerConfig(max_steps=finetune_steps, batch_size=16, lr=3e-4, warmup_steps=100,
                                        ema_decay=0.995, checkpoint_every=500, log_every=50, eval_every=0,
-                                       progress=False),
+                                       progress=progress),
                  eval=EvalConfig(tasks=TASKS, episodes_per_task=episodes_per_task, cameras=cam, max_episode_steps=300,
                                  execute_steps=8, batch_size=20, num_workers=eval_workers, vision_check=True,
                                  video_episodes=1))

@@ -12,9 +12,8 @@ from defi.config import Config, preset, replace
 from defi.data.sources.metaworld import MetaWorldGenConfig
 from defi.errors import DefiError
 from defi.eval.metaworld import EvalConfig
-from defi.experiments import regime
 from defi.experiments.compare import Variant
-from defi.experiments.regime import regime_stages
+from defi.experiments.regime import CAMERA, CORPUS_TASKS, regime_stages
 from defi.train.finetune import FinetuneConfig
 from defi.train.pretrain_fdm import PretrainFDMConfig
 from defi.train.pretrain_idm import PretrainIDMConfig
@@ -169,15 +168,16 @@ def _quick() -> DemoConfig:
 @preset(DemoConfig, "full")
 def _full() -> DemoConfig:
     """<= 45 minutes on a 2-core CPU: the demo's real figures, in the regime of `defi study` (issue 13: six tasks
-    whose targets the `workspace_close` camera sees, no proprio state, 10 demonstrations per task, the vision-
-    reliance check) with smaller budgets: 40 action-free episodes per corpus task instead of 100 (and no corpus
-    of other tasks), 1500 pretraining steps instead of 2000, one seed."""
+    whose targets the `workspace_close` camera sees, no proprio state, 10 demonstrations per task of which a tenth
+    is held out for the validation loss, the vision-reliance check) with smaller budgets: 40 action-free episodes
+    per corpus task instead of 100 (and no corpus of other tasks), 1500 pretraining steps instead of 2000, one
+    seed."""
     fdm, idm, ft = regime_stages(fdm_steps=1500, idm_steps=1500, finetune_steps=2000, episodes_per_task=20,
-                                 eval_workers=2)
-    gen = dict(cameras=(regime.CAMERA,), image_size=64, progress=True)
+                                 eval_workers=2, progress=True)
+    gen = dict(cameras=(CAMERA,), image_size=64, progress=True)
     return DemoConfig(
         run_dir=Path("runs/demo"),
-        corpus=MetaWorldGenConfig(tasks=regime.CORPUS_TASKS, episodes_per_task=40, **gen),
+        corpus=MetaWorldGenConfig(tasks=CORPUS_TASKS, episodes_per_task=40, **gen),
         demos=MetaWorldGenConfig(episodes_per_task=10, **gen),
         fdm=fdm, idm=idm, finetune=ft,
     )
