@@ -161,3 +161,39 @@ def test_cli_trains_on_an_action_free_episode_store(tmp_path, capsys):
     assert metrics["copy_mse"] > 0 and "codes_used_fraction" in metrics
     assert "probe_r2_latent_action" not in metrics  # action-free: nothing to probe against
     assert GIDM.from_pretrained(tmp_path / "run" / "model").config.num_patches == 16
+
+
+def test_pair_shift_encodes_one_shifted_pair_and_decodes_another():
+    from defi.errors import ConfigError
+    from defi.models.inverse import GIDMConfig
+    from defi.train.pretrain_idm import with_encoder_dims
+
+    with pytest.raises(ConfigError, match="pair_shift"):  # cached tokens cannot be shifted
+        replace(preset_tiny(), pair_shift=2).validate()
+    torch.manual_seed(0)
+    gidm = GIDM(with_encoder_dims(replace(GIDMConfig.preset("tiny"), text_dim=0)))
+    batch = torch.utils.data.default_collate([MovingSquareClips()[i] for i in range(6)])
+    plain, shifted = GIDMPretrainModule(gidm), GIDMPretrainModule(gidm, pair_shift=3)
+    gidm.eval()  # the codebook's EMA moves on every training-mode call
+    current, future, _, _ = plain.inputs(batch)
+    # without a decoder pair the loss is Algorithm 1's; the decoder pair is what the decoder starts from and predicts
+    assert torch.equal(gidm(current, future)["loss"], gidm(current, future, decode_pair=(current, future))["loss"])
+    other = (future, current)
+    expected = torch.nn.functional.mse_loss(gidm.decode(future, gidm.encode(current, future).features), current)
+    assert torch.allclose(gidm(current, future, decode_pair=other)["mse"], expected)
+    # training: the two sides see the clip under different shifts, so their copy baselines differ from the unshifted
+    reference = plain(batch)["copy_mse"]
+    shifted.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(shifted(batch)["copy_mse"], reference)
+    shifted.eval()  # evaluation sees the clip as it is
+    assert torch.equal(shifted(batch)["loss"], plain(batch)["loss"])
+
+
+def test_pretrain_idm_stage_with_pair_shift(tmp_path):
+    cfg = preset_tiny()
+    cfg = replace(cfg, run_dir=tmp_path / "run", pair_shift=2, cache_features=False,
+                  trainer=replace(cfg.trainer, max_steps=6, log_every=2))
+    held = pretrain_idm(cfg, MovingSquareClips(), MovingSquareClips(seed=1))["held_out"]
+    assert held["mse"] > 0 and 0 < held["codes_used_fraction"] <= 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pair_shift"] == 2

@@ -1,5 +1,5 @@
 """Issue 13, GIDM: what does a linear probe to end-effector displacement get from each input? The latent action
-alone, its codes one-hot (a lookup table, whatever the code vectors' geometry), the current frame's features alone,
+alone, the encoder's output before the bottleneck (is the motion lost in quantisation?), its codes one-hot (a lookup table, whatever the code vectors' geometry), the current frame's features alone,
 and each combined with the current frame (the policy always sees o_t next to the latent action), against the
 feature difference e_{t+n} - e_t. Same split as `gidm_latent_picture` (half of the episodes fit, half score).
 
@@ -27,14 +27,19 @@ dataset = build_clip_dataset(data, "all")
 indices = list(range(len(dataset)))[:: max(1, len(dataset) // 1200)]
 cached = encode_clips(gidm, dataset, 0, indices, progress=False)
 module = GIDMPretrainModule(gidm, 0)
-rows = {k: [] for k in ("latent", "onehot", "current", "future", "diff")}
+rows = {k: [] for k in ("latent", "pre", "onehot", "current", "future", "diff")}
 with torch.no_grad():
     for start in range(0, len(cached), 128):
         current, future, tokens, mask = module.inputs(cached.batch(slice(start, start + 128)))
-        features, codes = gidm.infer_latent_actions(current, future, tokens, mask)
+        out = gidm.encode(current, future, tokens, mask)
+        features, codes = out.features, out.codes
         rows["latent"].append(features.float().flatten(1))
+        rows["pre"].append(out.pre_quant.float().flatten(1))
         k = gidm.config.quantizer.codebook_size
-        rows["onehot"].append(torch.nn.functional.one_hot(codes.reshape(codes.shape[0], -1), k).float().flatten(1))
+        if codes is None:  # a continuous latent has no codes: its one-hot rows are the latent itself
+            rows["onehot"].append(features.float().flatten(1))
+        else:
+            rows["onehot"].append(torch.nn.functional.one_hot(codes.reshape(codes.shape[0], -1), k).float().flatten(1))
         rows["current"].append(current.float().mean(1))
         rows["future"].append(future.float().mean(1))
         rows["diff"].append((future - current).float().mean(1))
@@ -45,10 +50,24 @@ uniq = episodes.unique(sorted=True)
 held = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(0))[: len(uniq) // 2]]
 test = torch.isin(episodes, held)
 inputs = {
-    "latent action": x["latent"], "codes one-hot": x["onehot"], "current frame": x["current"],
+    "latent action": x["latent"], "encoder output before quantisation": x["pre"], "codes one-hot": x["onehot"], "current frame": x["current"],
     "latent action + current frame": torch.cat([x["latent"], x["current"]], 1),
     "codes one-hot + current frame": torch.cat([x["onehot"], x["current"]], 1),
     "feature difference": x["diff"], "current + future frame": torch.cat([x["current"], x["future"]], 1),
 }
 out = {name: round(ridge_probe(v[~test], y[~test], v[test], y[test])["r2"], 3) for name, v in inputs.items()}
-print(json.dumps({"clips": len(indices), "ee_motion_r2": out}, indent=2))
+# what else do the codes carry? where the arm ends up (absolute), and which task it is (one-hot of the instruction)
+future_position = torch.from_numpy(_ee_motion(dataset, indices)) * 0
+for row, index in enumerate(indices):
+    episode, t = dataset.locate(index)
+    states = dataset.store.read_episode(episode, "observation.state")
+    future_position[row] = torch.from_numpy(states[min(t + dataset.goal_offset, len(states) - 1), :3])
+names = sorted({dataset[i]["instruction"] for i in indices})
+task = torch.nn.functional.one_hot(torch.tensor([names.index(dataset[i]["instruction"]) for i in indices]),
+                                   len(names)).float()
+other = {}
+for target_name, target in (("ee_future_position_r2", future_position), ("task_one_hot_r2", task)):
+    other[target_name] = {name: round(ridge_probe(inputs[name][~test], target[~test], inputs[name][test],
+                                                  target[test])["r2"], 3)
+                          for name in ("latent action", "codes one-hot", "current frame", "feature difference")}
+print(json.dumps({"clips": len(indices), "ee_motion_r2": out, **other}, indent=2))

@@ -30,6 +30,7 @@ from defi.errors import ConfigError, DefiError
 from defi.eval.probes import ridge_probe, save_attention_png
 from defi.models.encoders import shared_encoder
 from defi.models.inverse import GIDM, GIDMConfig, code_usage
+from defi.models.layers import random_shift
 from defi.train.feature_cache import CACHE_PREFIX, CachedDataset, FeatureCache, build_feature_cache
 from defi.train.stage import Datasets, StageConfig, StageRunner, parameter_counts, stage_metrics
 from defi.train.trainer import TrainerConfig
@@ -65,11 +66,20 @@ class PretrainIDMConfig(StageConfig):
     cache_features: bool = True
     """Encode every clip's frames once before training (the encoders are frozen)."""
     cache_max_gib: float = 8.0
+    pair_shift: int = 0
+    """Pixels (0: off). The encoder sees a clip's o_t and o_{t+n} shifted together by one random offset, the decoder
+    starts from and predicts the same clip under another: a latent action that says where the arm ends up in the
+    image no longer fits, one that says how it moves still does. The shifts change the frozen tokens, so the
+    train clips are encoded every step (needs cache_features false)."""
 
     def validate(self) -> None:
         self.check(self.model.camera in self.data.cameras, "model",
                    f"a GIDM camera among data.cameras {list(self.data.cameras)} (got {self.model.camera!r})")
         self.check(self.cache_max_gib > 0, "cache_max_gib", "a positive size in GiB")
+        self.check(self.pair_shift >= 0, "pair_shift", "an integer >= 0 (pixels)")
+        self.check(not (self.pair_shift and self.cache_features), "pair_shift",
+                   "0 while cache_features is true (shifted frames have other tokens than the cached ones: set "
+                   "cache_features false to use pair_shift)")
 
 
 def with_encoder_dims(model: GIDMConfig, device: Any = "cpu") -> GIDMConfig:
@@ -112,10 +122,11 @@ class GIDMPretrainModule(nn.Module):
     """The trainer's model: the GIDM on a clip batch. Reads cached tokens ("cache.current_tokens" /
     "cache.future_tokens") or encodes the raw frames ("images" / "goal_images", the view of the GIDM's camera)."""
 
-    def __init__(self, gidm: GIDM, view: int = 0):
+    def __init__(self, gidm: GIDM, view: int = 0, pair_shift: int = 0):
         super().__init__()
         self.gidm = gidm
         self.view = view
+        self.pair_shift = pair_shift
 
     def inputs(self, batch: dict[str, Any]):
         if CACHE_PREFIX + "current_tokens" in batch:
@@ -128,7 +139,16 @@ class GIDMPretrainModule(nn.Module):
         return current, future, tokens, mask
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.gidm(*self.inputs(batch))
+        if not (self.pair_shift and self.training and "images" in batch):
+            return self.gidm(*self.inputs(batch))
+        # one offset per (clip, side) moves o_t and o_{t+n} together: stacked on channels, shifted once
+        pair = torch.cat([batch["images"][:, self.view], batch["goal_images"][:, self.view]], 1)
+        encoder_side, decoder_side = (random_shift(pair.float(), self.pair_shift).to(pair.dtype).split(3, 1)
+                                      for _ in range(2))
+        tokens, mask = self.gidm.text_tokens(batch["instruction"])
+        frame = self.gidm.frame_tokens
+        return self.gidm(frame(encoder_side[0]), frame(encoder_side[1]), tokens, mask,
+                         decode_pair=(frame(decoder_side[0]), frame(decoder_side[1])))
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -287,7 +307,7 @@ def run(cfg: PretrainIDMConfig, datasets: Datasets | None = None) -> dict[str, A
         probe_set = encode_clips(gidm, probe_dataset, view, probe_idx, cfg.eval.batch_size,
                                  desc="encoding probe clips", progress=cfg.trainer.progress)
 
-    module = GIDMPretrainModule(gidm, view)
+    module = GIDMPretrainModule(gidm, view, cfg.pair_shift)
     last: dict[str, Any] = {}
 
     def eval_fn(model: nn.Module, step: int) -> dict[str, float]:

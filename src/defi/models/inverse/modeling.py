@@ -246,13 +246,19 @@ class GIDM(PretrainedMixin, nn.Module):
         future_tokens: torch.Tensor,
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
+        decode_pair: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Algorithm 1: loss = MSE(decoded e_{t+n}, e_{t+n}) + VQ loss; also logs the copy-e_t baseline."""
-        pred, latent = self.predict(current_tokens, future_tokens, text_tokens, text_mask)
-        target = future_tokens.to(pred.dtype)
+        """Algorithm 1: loss = MSE(decoded e_{t+n}, e_{t+n}) + VQ loss; also logs the copy-e_t baseline.
+
+        `decode_pair`: (e_t, e_{t+n}) tokens the decoder starts from and must predict, when they are not the pair
+        the encoder saw (pair-shift training: the same clip under another image shift)."""
+        latent = self.encode(current_tokens, future_tokens, text_tokens, text_mask)
+        start, target = decode_pair if decode_pair is not None else (current_tokens, future_tokens)
+        pred = self.decode(start, latent.features)
+        target = target.to(pred.dtype)
         mse = F.mse_loss(pred, target)
         with torch.no_grad():
-            copy_mse = F.mse_loss(current_tokens.to(pred.dtype), target)
+            copy_mse = F.mse_loss(start.to(pred.dtype), target)
         out = {"loss": mse + latent.vq_loss, "mse": mse.detach(), "copy_mse": copy_mse, "vq_loss": latent.vq_loss.detach()}
         if self.config.quantizer.kind == "vq":
             # codes used within this batch (a collapse shows here long before the held-out evaluation)
