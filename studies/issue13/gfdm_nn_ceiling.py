@@ -18,10 +18,10 @@ import torch
 torch.set_num_threads(1)
 from defi.config import load_config  # noqa: E402
 from defi.data import build_clip_dataset  # noqa: E402
-from defi.train.pretrain_fdm import PretrainFDMConfig  # noqa: E402
 from defi.data.clips import evenly_spaced  # noqa: E402
 from defi.models.forward import ForwardDynamicsModel, predict_one_step  # noqa: E402
 from defi.models.forward.modeling import to_uint8  # noqa: E402
+from defi.train.pretrain_fdm import PretrainFDMConfig  # noqa: E402
 
 run = Path(sys.argv[1])
 train_clips = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
@@ -48,14 +48,15 @@ out = {"train_clips": len(tc), "eval_clips": len(vc)}
 sq = lambda pred: ((pred - vf) ** 2).sum(axis=(2, 3, 4)) * vm  # [n f] summed squared error on valid frames
 copy = sq(np.repeat(vc[:, None], vf.shape[1], 1)).sum(1)
 moving = copy >= np.median(copy)
+complete = tm[:, -1] > 0  # neighbours with every future frame valid
+train_text = np.array(tt)
+pools = [np.flatnonzero((train_text == text) & complete) for text in vt]
+# an instruction the training sample lacks (or has fewer than k complete clips of): any clip, counted below
+out["eval_clips_without_same_instruction"] = sum(len(p) == 0 for p in pools)
 for k in (1, 5, 20):
     avg_future, delta = np.zeros_like(vf), np.zeros_like(vf)
     for row in range(len(vc)):
-        same = np.array([t == vt[row] for t in tt])
-        pool = np.flatnonzero(same & (tm[:, -1] > 0))  # neighbours with every future frame valid
-        if len(pool) < k:  # an instruction the training sample lacks: any clip (counted in the output)
-            pool, out["eval_clips_without_same_instruction"] = np.flatnonzero(tm[:, -1] > 0), out.get(
-                "eval_clips_without_same_instruction", 0) + (k == 1)
+        pool = pools[row] if len(pools[row]) >= k else np.flatnonzero(complete)
         d = ((flat[pool] - vc[row].reshape(1, -1)) ** 2).sum(1)
         near = pool[np.argsort(d)[:k]]
         avg_future[row] = tf[near].mean(0)

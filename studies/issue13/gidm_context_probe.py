@@ -1,6 +1,6 @@
 """Issue 13, GIDM: what does a linear probe to end-effector displacement get from each input? The latent action
-alone, the encoder's output before the bottleneck (is the motion lost in quantisation?), its codes one-hot (a lookup table, whatever the code vectors' geometry), the current frame's features alone,
-and each combined with the current frame (the policy always sees o_t next to the latent action), against the
+alone, the encoder's output before the bottleneck (is the motion lost in quantisation?), its codes one-hot (a
+lookup table, whatever the code vectors' geometry), the current frame's features alone, and each combined with the current frame (the policy always sees o_t next to the latent action), against the
 feature difference e_{t+n} - e_t. Same split as `gidm_latent_picture` (half of the episodes fit, half score).
 
     python studies/issue13/gidm_context_probe.py RUN_DIR/gidm/model RUN_DIR/data/demos
@@ -50,21 +50,22 @@ uniq = episodes.unique(sorted=True)
 held = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(0))[: len(uniq) // 2]]
 test = torch.isin(episodes, held)
 inputs = {
-    "latent action": x["latent"], "encoder output before quantisation": x["pre"], "codes one-hot": x["onehot"], "current frame": x["current"],
+    "latent action": x["latent"], "encoder output before quantisation": x["pre"], "codes one-hot": x["onehot"],
+    "current frame": x["current"],
     "latent action + current frame": torch.cat([x["latent"], x["current"]], 1),
     "codes one-hot + current frame": torch.cat([x["onehot"], x["current"]], 1),
     "feature difference": x["diff"], "current + future frame": torch.cat([x["current"], x["future"]], 1),
 }
 out = {name: round(ridge_probe(v[~test], y[~test], v[test], y[test])["r2"], 3) for name, v in inputs.items()}
 # what else do the codes carry? where the arm ends up (absolute), and which task it is (one-hot of the instruction)
-future_position = torch.from_numpy(_ee_motion(dataset, indices)) * 0
+future_position = torch.zeros(len(indices), 3)
 for row, index in enumerate(indices):
     episode, t = dataset.locate(index)
     states = dataset.store.read_episode(episode, "observation.state")
     future_position[row] = torch.from_numpy(states[min(t + dataset.goal_offset, len(states) - 1), :3])
-names = sorted({dataset[i]["instruction"] for i in indices})
-task = torch.nn.functional.one_hot(torch.tensor([names.index(dataset[i]["instruction"]) for i in indices]),
-                                   len(names)).float()
+instructions = list(cached.fields["instruction"])  # kept by encode_clips: no clip is decoded again
+names = sorted(set(instructions))
+task = torch.nn.functional.one_hot(torch.tensor([names.index(i) for i in instructions]), len(names)).float()
 other = {}
 for target_name, target in (("ee_future_position_r2", future_position), ("task_one_hot_r2", task)):
     other[target_name] = {name: round(ridge_probe(inputs[name][~test], target[~test], inputs[name][test],

@@ -34,7 +34,7 @@ if steps != idm.trainer.max_steps:
 run_dir = root / "runs" / f"gidm-{name or 'study'}"
 data = idm.data if corpus == "study" else replace(idm.data, sources=[(str(root / "data" / corpus), 1.0)])
 model = from_dict(GIDMConfig, json.loads(os.environ.get("MODEL", "{}")), base=idm.model)
-idm = replace(idm, run_dir=run_dir, data=data, model=model, trainer=replace(idm.trainer, max_steps=steps),
+idm = replace(idm, run_dir=run_dir, data=data, model=model, trainer=replace(idm.trainer, max_steps=steps, progress=True),
               resume=(run_dir / "checkpoints").is_dir())
 idm = from_dict(PretrainIDMConfig, json.loads(os.environ.get("STAGE", "{}")), base=idm)
 # the study's GIDM stage, pointed at this run: same held-out demonstrations, probes and latent picture

@@ -142,13 +142,14 @@ class GIDMPretrainModule(nn.Module):
         if not (self.pair_shift and self.training and "images" in batch):
             return self.gidm(*self.inputs(batch))
         # one offset per (clip, side) moves o_t and o_{t+n} together: stacked on channels, shifted once
-        pair = torch.cat([batch["images"][:, self.view], batch["goal_images"][:, self.view]], 1)
-        encoder_side, decoder_side = (random_shift(pair.float(), self.pair_shift).to(pair.dtype).split(3, 1)
-                                      for _ in range(2))
+        pair = torch.cat([batch["images"][:, self.view], batch["goal_images"][:, self.view]], 1).float()
+        sides = torch.cat([random_shift(pair, self.pair_shift), random_shift(pair, self.pair_shift)])
+        # the four frames of every clip through the frozen encoder in one call: [2B, 6, h, w] -> 4 x [B, P, D]
+        frames = sides.to(batch["images"].dtype).reshape(-1, 3, *sides.shape[-2:])
+        tokens_all = self.gidm.frame_tokens(frames).unflatten(0, (2, -1, 2))
         tokens, mask = self.gidm.text_tokens(batch["instruction"])
-        frame = self.gidm.frame_tokens
-        return self.gidm(frame(encoder_side[0]), frame(encoder_side[1]), tokens, mask,
-                         decode_pair=(frame(decoder_side[0]), frame(decoder_side[1])))
+        return self.gidm(tokens_all[0, :, 0], tokens_all[0, :, 1], tokens, mask,
+                         decode_pair=(tokens_all[1, :, 0], tokens_all[1, :, 1]))
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
