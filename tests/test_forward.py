@@ -130,6 +130,35 @@ def test_one_step_fraction_trains_at_the_one_step_timestep(monkeypatch):
         replace(model.config.noise, one_step_fraction=1.5).validate()
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_zero_terminal_snr_hides_the_target_at_the_one_step_timestep(sampler):
+    """The noisiest training input must be noise alone, as the one-step features' input is; otherwise the model
+    learns to read the leaked target (scaled_linear keeps sqrt(alpha_bar) ~ 0.07 of it at the last step)."""
+    from defi.config import replace
+
+    base = tiny()
+    target = torch.randn(2, base.num_frames, base.latent_channels, base.latent_side, base.latent_side)
+    noise = torch.randn_like(target)
+    for zero_snr in (False, True):
+        noise_cfg = replace(base.noise, prediction_type="sample", sampler=sampler, zero_terminal_snr=zero_snr)
+        model = ForwardDynamicsModel(replace(base, noise=noise_cfg))
+        last = torch.full((2,), model.one_step_timestep)
+        noisy = model.noise_scheduler.add_noise(target, noise, last)
+        leak = torch.nn.functional.cosine_similarity(noisy.flatten(), target.flatten(), dim=0)
+        if zero_snr:
+            assert torch.allclose(noisy, noise, atol=1e-3) and abs(float(leak)) < 0.05
+        else:
+            assert float(leak) > 0.05  # the flaw the option removes is real in the default schedule
+    # the sampler and the one-step features run from that schedule
+    batch = clip_batch(model.config)
+    video = sample_future(model, batch["images"], batch["instruction_tokens"], num_steps=3)
+    feats = one_step(model, batch["images"], batch["instruction_tokens"])
+    assert torch.isfinite(video).all() and torch.isfinite(feats["latents"]).all()
+    assert torch.isfinite(model(batch)["loss"])
+    with pytest.raises(ConfigError, match="zero_terminal_snr"):
+        replace(base.noise, prediction_type="epsilon", zero_terminal_snr=True).validate()
+
+
 def test_future_mask_excludes_frames_past_the_episode_end(tiny_model):
     cfg = tiny_model.config
     batch = clip_batch(cfg)

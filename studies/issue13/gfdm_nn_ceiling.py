@@ -7,8 +7,11 @@ the data's nearest neighbours hold at this resolution and horizon. The run's own
 other GFDM run dirs given after the counts are scored on the same clips with their one-step estimate.
 
     python studies/issue13/gfdm_nn_ceiling.py RUN_DIR/gfdm [TRAIN_CLIPS] [EVAL_CLIPS] [OTHER_GFDM_RUN_DIR ...]
+
+ANY_INSTRUCTION=1 lets neighbours come from any instruction: how much the instruction adds to the frame.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +53,9 @@ copy = sq(np.repeat(vc[:, None], vf.shape[1], 1)).sum(1)
 moving = copy >= np.median(copy)
 complete = tm[:, -1] > 0  # neighbours with every future frame valid
 train_text = np.array(tt)
-pools = [np.flatnonzero((train_text == text) & complete) for text in vt]
+any_instruction = os.environ.get("ANY_INSTRUCTION") == "1"
+out["neighbours_of_any_instruction"] = any_instruction
+pools = [np.flatnonzero(((train_text == text) | any_instruction) & complete) for text in vt]
 # an instruction the training sample lacks (or has fewer than k complete clips of): any clip, counted below
 out["eval_clips_without_same_instruction"] = sum(len(p) == 0 for p in pools)
 for k in (1, 5, 20):

@@ -228,6 +228,7 @@ def make_scheduler(config: ForwardDynamicsConfig, kind: str):
         beta_end=n.beta_end,
         beta_schedule=n.beta_schedule,
         prediction_type=n.prediction_type,
+        rescale_betas_zero_snr=n.zero_terminal_snr,
     )
     if kind == "ddpm":
         return DDPMScheduler(**common, clip_sample=False)
