@@ -7,6 +7,11 @@
    If the average is far better than one draw, the denoiser lets the noise through: variance, not a wrong mean.
 2. The instruction. The fixed draw with each clip's own instruction, with another task's (the next distinct
    instruction of the evaluated clips) and with an empty one. Equal ratios: the model does not read the text.
+3. The terminal-SNR leak. In training, the noisiest input is add_noise(target, noise, t_last), which keeps
+   sqrt(alpha_bar[t_last]) of the target unless the schedule has zero terminal SNR; the one-step features start
+   from noise alone. The x0 estimate's error in the diffused latents (ratio to the zero prediction, i.e. copying
+   the current frame) with the leaked target in the input against without it. A large gap: the model learnt to
+   read the leak instead of the current frame (`noise.zero_terminal_snr` removes it).
 
     python studies/issue13/gfdm_diagnose.py GFDM_RUN_DIR [EVAL_CLIPS] [DRAWS]
 
@@ -68,6 +73,20 @@ with torch.no_grad():
     for label, text in swapped.items():
         by_text[label] = torch.cat([decoded(one_step(model, images[s:s + 16], text[s:s + 16], layers=())["latents"], s)
                                     for s in range(0, len(items), 16)])
+assert model.config.noise.prediction_type == "sample", "section 3 reads the denoiser's output as the x0 estimate"
+leak = {"with the leaked target": 0.0, "from noise alone": 0.0}
+zero = 0.0
+with torch.no_grad():
+    for start in range(0, len(items), 16):
+        current, condition, context, _ = model.prepare(images[start:start + 16], texts[start:start + 16])
+        target = model.target_latents(current, real[start:start + 16].float() * 2 - 1)
+        last = torch.full((target.shape[0],), model.one_step_timestep)
+        noise = torch.randn(target.shape, generator=generator)
+        weight = mask[start:start + 16, :, None, None, None].float()
+        for label, signal in (("with the leaked target", target), ("from noise alone", torch.zeros_like(target))):
+            estimate = model.denoise(model.noise_scheduler.add_noise(signal, noise, last), last, condition, context)
+            leak[label] += float(((estimate - target) ** 2 * weight).sum())
+        zero += float((target ** 2 * weight).sum())
 copy = error(images[:, 0].double().div(255).unsqueeze(1).expand_as(real))
 moving = copy >= copy.median()
 ratio = lambda err: (round(float(err.sum() / copy.sum()), 3), round(float(err[moving].sum() / copy[moving].sum()), 3))
@@ -77,5 +96,8 @@ out = {"run": str(run), "split": split, "eval_clips": len(items), "draws": draws
        "single_draws_over_copy mean (all, moving)": tuple(round(float(np.mean(v)), 3) for v in zip(*singles)),
        "average_of_draws_over_copy (all, moving)": ratio(error(torch.cat(mean))),
        "distinct_instructions": len(uniq),
-       **{f"instruction_{label}_over_copy (all, moving)": ratio(error(pred)) for label, pred in by_text.items()}}
+       **{f"instruction_{label}_over_copy (all, moving)": ratio(error(pred)) for label, pred in by_text.items()},
+       "sqrt_alpha_bar_at_one_step_timestep": round(float(model.noise_scheduler.alphas_cumprod[model.one_step_timestep]
+                                                         ** 0.5), 4),
+       **{f"latent_x0_{label}_over_zero": round(v / zero, 3) for label, v in leak.items()}}
 print(json.dumps(out, indent=2))
