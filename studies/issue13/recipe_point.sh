@@ -9,7 +9,8 @@
 # changes the shared trainer settings, e.g. --finetune.trainer.max-steps, so that all arms get the same budget).
 # With GIDM=DIR the DeFI arms couple that pretrained GIDM run dir (a `gidm_variant.py` run: model/, metrics.json,
 # latent_actions.json) instead of study1's; pass the options it was trained with too (e.g. --idm.pair-shift 4
-# --idm.no-cache-features) so that the study's config says which GIDM it used.
+# --idm.no-cache-features) so that the study's config says which GIDM it used. GFDM=DIR does the same for the GFDM
+# (a `gfdm_probe.sh` run dir; e.g. with --fdm.model.noise.zero-terminal-snr).
 # Needs a finished `study_point.sh` (study1). Rerun to resume (with the same options).
 set -euo pipefail
 export OMP_NUM_THREADS=1 MUJOCO_GL=egl
@@ -18,6 +19,7 @@ dir=$root/${NAME:?set NAME, the run dir of this recipe under ROOT}
 mkdir -p "$dir/runs"
 for part in data gfdm gidm; do ln -sfn "../study1/$part" "$dir/$part"; done
 [ -z "${GIDM:-}" ] || ln -sfn "$(realpath "$GIDM")" "$dir/gidm"
+[ -z "${GFDM:-}" ] || ln -sfn "$(realpath "$GFDM")" "$dir/gfdm"
 for demos in ${DEMOS:-10}; do
   for seed in ${SEEDS:-0 1 2}; do
     mkdir -p "$dir/runs/demos$demos/seed$seed"
