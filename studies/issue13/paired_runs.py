@@ -1,0 +1,38 @@
+"""Issue 13: two policies' evaluations on the same episodes (two `defi eval` / study eval metrics.json files, e.g.
+the DeFI arm of two recipe run dirs), paired on (task, episode seed): successes of each and the difference in
+points with a 95% bootstrap interval over episodes within tasks (one training seed: the interval does not cover
+training-seed variation). MODE=wrong_scene compares the vision check's episodes instead of the real camera's.
+
+    python studies/issue13/paired_runs.py A/eval/metrics.json B/eval/metrics.json
+"""
+import json
+import os
+import random
+import sys
+
+MODE = os.environ.get("MODE", "real")
+
+
+def successes(path):
+    episodes = json.load(open(path))["episodes"]
+    return {(e["task"], e["seed"]): int(e["success"]) for e in episodes if e.get("mode", "real") == MODE}
+
+
+a, b = successes(sys.argv[1]), successes(sys.argv[2])
+keys = sorted(set(a) & set(b))
+by_task = {}
+for key in keys:
+    by_task.setdefault(key[0], []).append(key)
+rng = random.Random(0)
+draws = []
+for _ in range(10000):
+    total = 0
+    for task_keys in by_task.values():
+        for _ in task_keys:
+            key = task_keys[rng.randrange(len(task_keys))]
+            total += a[key] - b[key]
+    draws.append(100 * total / len(keys))
+draws.sort()
+diff = 100 * sum(a[k] - b[k] for k in keys) / len(keys)
+print(f"{MODE}: {len(keys)} paired episodes; A {sum(a[k] for k in keys)}, B {sum(b[k] for k in keys)}; "
+      f"A - B {diff:+.1f} points [{draws[249]:+.1f}, {draws[9749]:+.1f}]")
