@@ -10,8 +10,9 @@ within seed and task, so the interval still does not cover training-seed variati
 """
 import json
 import os
-import random
 import sys
+
+from defi.eval.stats import paired_difference
 
 MODE = os.environ.get("MODE", "real")
 
@@ -27,19 +28,6 @@ def successes(paths):
 
 a, b = successes(sys.argv[1]), successes(sys.argv[2])
 keys = sorted(set(a) & set(b))
-by_task = {}
-for key in keys:
-    by_task.setdefault(key[0], []).append(key)
-rng = random.Random(0)
-draws = []
-for _ in range(10000):
-    total = 0
-    for task_keys in by_task.values():
-        for _ in task_keys:
-            key = task_keys[rng.randrange(len(task_keys))]
-            total += a[key] - b[key]
-    draws.append(100 * total / len(keys))
-draws.sort()
-diff = 100 * sum(a[k] - b[k] for k in keys) / len(keys)
+d = paired_difference([a[k] for k in keys], [b[k] for k in keys], strata=[k[0] for k in keys])
 print(f"{MODE}: {len(keys)} paired episodes; A {sum(a[k] for k in keys)}, B {sum(b[k] for k in keys)}; "
-      f"A - B {diff:+.1f} points [{draws[249]:+.1f}, {draws[9749]:+.1f}]")
+      f"A - B {100 * d['difference']:+.1f} points [{100 * d['ci95_low']:+.1f}, {100 * d['ci95_high']:+.1f}]")
