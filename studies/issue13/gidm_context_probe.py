@@ -4,8 +4,14 @@ lookup table, whatever the code vectors' geometry), the current frame's features
 feature difference e_{t+n} - e_t. Same split as `gidm_latent_picture` (half of the episodes fit, half score).
 
     python studies/issue13/gidm_context_probe.py RUN_DIR/gidm/model RUN_DIR/data/demos
+    SPLITS=20 python studies/issue13/gidm_context_probe.py ...   # also: latent - feature difference over 20 splits
+
+One split of the episodes is one draw: with SPLITS=N the end-effector motion probes of the latent action, the
+encoder output and the feature difference are refitted on N seeded episode splits (seed 0 is the split above), and
+the paired differences to the feature difference are summarised (mean, min, max, how many splits are above zero).
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +41,8 @@ with torch.no_grad():
         features, codes = out.features, out.codes
         rows["latent"].append(features.float().flatten(1))
         rows["pre"].append(out.pre_quant.float().flatten(1))
-        k = gidm.config.quantizer.codebook_size
+        quantizer = gidm.config.quantizer
+        k = quantizer.num_bins if quantizer.kind == "binning" else quantizer.codebook_size  # binning codes: bin ids
         if codes is None:  # a continuous latent has no codes: its one-hot rows are the latent itself
             rows["onehot"].append(features.float().flatten(1))
         else:
@@ -47,8 +54,14 @@ x = {k: torch.cat(v) for k, v in rows.items()}
 y = torch.from_numpy(_ee_motion(dataset, indices))
 episodes = cached.fields["episode_index"]
 uniq = episodes.unique(sorted=True)
-held = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(0))[: len(uniq) // 2]]
-test = torch.isin(episodes, held)
+
+
+def split(seed: int) -> torch.Tensor:
+    held = uniq[torch.randperm(len(uniq), generator=torch.Generator().manual_seed(seed))[: len(uniq) // 2]]
+    return torch.isin(episodes, held)
+
+
+test = split(0)
 inputs = {
     "latent action": x["latent"], "encoder output before quantisation": x["pre"], "codes one-hot": x["onehot"],
     "current frame": x["current"],
@@ -71,4 +84,19 @@ for target_name, target in (("ee_future_position_r2", future_position), ("task_o
     other[target_name] = {name: round(ridge_probe(inputs[name][~test], target[~test], inputs[name][test],
                                                   target[test])["r2"], 3)
                           for name in ("latent action", "codes one-hot", "current frame", "feature difference")}
-print(json.dumps({"clips": len(indices), "ee_motion_r2": out, **other}, indent=2))
+splits = {}
+n_splits = int(os.environ.get("SPLITS", "1"))
+if n_splits > 1:
+    r2 = {name: [] for name in ("latent action", "encoder output before quantisation", "feature difference")}
+    for seed in range(n_splits):
+        mask = split(seed)
+        for name in r2:
+            r2[name].append(ridge_probe(inputs[name][~mask], y[~mask], inputs[name][mask], y[mask])["r2"])
+    for name in ("latent action", "encoder output before quantisation"):
+        diff = torch.tensor(r2[name]) - torch.tensor(r2["feature difference"])
+        splits[f"{name} - feature difference"] = {
+            "mean": round(float(diff.mean()), 3), "min": round(float(diff.min()), 3), "max": round(float(diff.max()), 3),
+            "splits_above_zero": f"{int((diff > 0).sum())} of {n_splits}"}
+    splits["feature difference r2 mean"] = round(sum(r2["feature difference"]) / n_splits, 3)
+print(json.dumps({"clips": len(indices), "ee_motion_r2": out, **other, **({"splits": splits} if splits else {})},
+                 indent=2))
