@@ -11,6 +11,7 @@ within seed and task, so the interval still does not cover training-seed variati
 import json
 import os
 import sys
+from pathlib import Path
 
 from defi.eval.stats import paired_difference
 
@@ -20,7 +21,7 @@ MODE = os.environ.get("MODE", "real")
 def successes(paths):
     out = {}
     for index, path in enumerate(paths.split(",")):
-        episodes = json.load(open(path))["episodes"]
+        episodes = json.loads(Path(path).read_text())["episodes"]
         out.update({(f"{index}/{e['task']}", e["seed"]): int(e["success"]) for e in episodes
                     if e.get("mode", "real") == MODE})
     return out
