@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from defi.config import from_dict
+from defi.config import from_dict, replace
 from defi.errors import ConfigError, ShapeError
 from defi.eval.probes import r2_score, ridge_probe
 from defi.models.inverse import GIDM, GIDMConfig, QuantizerConfig, table7_variant, table8_variant
@@ -9,7 +9,7 @@ from defi.models.inverse import GIDM, GIDMConfig, QuantizerConfig, table7_varian
 
 def gidm_tiny() -> GIDMConfig:
     return GIDMConfig.preset("tiny")
-from defi.models.inverse.quantizer import VectorQuantizer, code_usage
+from defi.models.inverse.quantizer import FiniteScalarQuantizer, VectorQuantizer, code_usage
 
 
 def inputs(b=3, seed=0, cfg=None):
@@ -110,6 +110,50 @@ def test_dead_codes_are_reinitialised_from_the_batch():
     assert used > 1 / 8 and perplexity > 1.0
 
 
+def test_fsq_reaches_every_code_of_its_levels_and_passes_gradients(tmp_path):
+    cfg = QuantizerConfig(kind="fsq", levels=(4, 3))
+    assert cfg.latent_dim == 2 and cfg.num_codes == 12
+    fsq = FiniteScalarQuantizer(cfg)
+    grid = torch.cartesian_prod(torch.linspace(-4, 4, 41), torch.linspace(-4, 4, 41))[:, None]  # [B, 1, 2]
+    z = grid.clone().requires_grad_()
+    out = fsq(z)
+    assert out.indices.shape == (41 * 41, 1) and sorted(out.indices.unique().tolist()) == list(range(12))
+    # values sit on the levels (scaled to [-1, 1]) and the id is their mixed-radix number
+    first, second = out.quantized[:, 0, 0].detach(), out.quantized[:, 0, 1].detach()
+    assert sorted(first.unique().tolist()) == [-1.0, -0.5, 0.0, 0.5] and sorted(second.unique().tolist()) == [-1, 0, 1]
+    assert torch.equal(out.indices[:, 0], (first * 2 + 2).long() + 4 * (second + 1).long())
+    # monotone in z: a larger input never gives a lower level
+    assert (first.reshape(41, 41).diff(dim=0) >= 0).all()
+    out.quantized.sum().backward()  # straight-through rounding: the gradient is the bound's slope, not zero
+    assert (z.grad > 0).all() and float(out.loss) == 0.0
+    # an FSQ GIDM saves and reloads its levels
+    torch.manual_seed(0)
+    model = GIDM(replace(gidm_tiny(), quantizer=cfg)).eval()
+    assert model.to_code.out_features == 2
+    model.save_pretrained(tmp_path / "gidm")
+    loaded = GIDM.from_pretrained(tmp_path / "gidm").eval()
+    assert loaded.config.quantizer.levels == (4, 3)
+    cur, fut, text, mask = inputs()
+    assert torch.equal(model.infer_latent_actions(cur, fut, text, mask)[1],
+                       loaded.infer_latent_actions(cur, fut, text, mask)[1])
+    with pytest.raises(ConfigError, match="quantizer.levels"):
+        from_dict(GIDMConfig, {"quantizer": {"kind": "fsq", "levels": [8, 1]}})
+
+
+def test_standardised_fsq_spreads_a_shrunken_latent_over_its_levels():
+    # a collapsing encoder shrinks its latents into one level; batch standardisation undoes the shrinking
+    g = torch.Generator().manual_seed(0)
+    shrunk = torch.randn(256, 2, 4, generator=g) * 0.01 + 3.0
+    plain = FiniteScalarQuantizer(QuantizerConfig(kind="fsq"))
+    assert plain(shrunk).indices.unique().numel() == 1
+    fsq = FiniteScalarQuantizer(QuantizerConfig(kind="fsq", standardize=True)).train()
+    for _ in range(100):  # running statistics converge to the batch's (momentum 0.1)
+        used, _ = code_usage(fsq(shrunk).indices, 1000)
+    assert used > 0.1
+    fsq.eval()
+    assert fsq(shrunk).indices.unique().numel() > 50  # inference uses the running statistics, not a collapse
+
+
 def test_code_usage_and_ridge_probe():
     used, ppl = code_usage(torch.tensor([0, 1, 2, 3]), 8)
     assert used == 0.5 and ppl == pytest.approx(4.0)
@@ -123,7 +167,8 @@ def test_code_usage_and_ridge_probe():
 
 @pytest.mark.parametrize(
     "variant",
-    [("gidm", "vq"), ("gidm", "binning"), ("gidm", "continuous"), ("mlp", None), ("transformer", None)],
+    [("gidm", "vq"), ("gidm", "binning"), ("gidm", "fsq"), ("gidm", "continuous"), ("mlp", None),
+     ("transformer", None)],
 )
 def test_variants_build_train_and_infer(variant):
     arch, quant = variant
@@ -139,7 +184,8 @@ def test_variants_build_train_and_infer(variant):
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder"))
     feats, codes = model.eval().infer_latent_actions(cur, fut, text, mask)
     assert feats.shape == (3, cfg.num_action_queries, cfg.dim)
-    expected = {"vq": (3, 2), "binning": (3, 2, cfg.quantizer.code_dim)}.get(cfg.quantizer.kind)
+    expected = {"vq": (3, 2), "fsq": (3, 2), "binning": (3, 2, cfg.quantizer.code_dim)}.get(cfg.quantizer.kind)
+    assert ("batch_code_perplexity" in out) == (quant in ("vq", "fsq"))
     assert (codes is None) if expected is None else tuple(codes.shape) == expected
     if arch != "mlp":
         attn = model.query_attention(cur, fut, text, mask)

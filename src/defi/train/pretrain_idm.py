@@ -246,9 +246,9 @@ def evaluate_gidm(
     out: dict[str, float] = {"mse": sums["mse"], "copy_mse": sums["copy_mse"],
                              "mse_over_copy": sums["mse"] / max(sums["copy_mse"], 1e-12)}
     q = gidm.config.quantizer
-    if codes and q.kind == "vq":
-        out["codes_used_fraction"], out["code_perplexity"] = code_usage(torch.cat(codes), q.codebook_size)
-        out["codebook_size"] = float(q.codebook_size)
+    if codes and q.num_codes is not None:
+        out["codes_used_fraction"], out["code_perplexity"] = code_usage(torch.cat(codes), q.num_codes)
+        out["codebook_size"] = float(q.num_codes)
     elif codes and q.kind == "binning":
         out["bins_used_fraction"], out["bin_perplexity"] = code_usage(torch.cat(codes), q.num_bins)
 

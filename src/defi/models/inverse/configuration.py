@@ -7,6 +7,7 @@ policy reads them from the saved GIDM instead of from the pretraining run's stag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,8 +19,9 @@ from defi.models.encoders.text import TextEncoderConfig
 @dataclass
 class QuantizerConfig(Config):
     # vq: VQ-VAE codebook (the paper); binning: per-dimension uniform bins (Table 8 "S.B");
-    # continuous: no bottleneck (Table 8 "C.L.A")
-    kind: Literal["vq", "binning", "continuous"] = "vq"
+    # continuous: no bottleneck (Table 8 "C.L.A"); fsq: finite scalar quantisation (Mentzer et al. 2023), a few
+    # bounded dimensions rounded to `levels` each, whose joint value is one code of an implied codebook
+    kind: Literal["vq", "binning", "fsq", "continuous"] = "vq"
     codebook_size: int = 128  # |C| (paper Table 10)
     code_dim: int = 32  # the query outputs are projected to this size before the lookup (factorised codes)
     # look codes up by cosine similarity (l2-normalised vectors and codes, as in ViT-VQGAN): keeps more codes in use
@@ -31,6 +33,26 @@ class QuantizerConfig(Config):
     # a code whose running assignment count per batch falls below this is dead and re-initialised from the batch
     dead_code_threshold: float = 0.1
     num_bins: int = 8  # binning only
+    # fsq only: levels per dimension; the query outputs are projected to len(levels) dims (code_dim is not used) and
+    # the implied codebook has prod(levels) codes: (8, 5, 5, 5) is the FSQ paper's choice for about 2^10 codes
+    levels: tuple[int, ...] = (8, 5, 5, 5)
+    # fsq only: standardise each dimension over the batch before the bound (running statistics at inference), as
+    # BN-VAE (Zhu et al. 2020) does against posterior collapse: the encoder cannot shrink every latent into one level
+    standardize: bool = False
+
+    @property
+    def latent_dim(self) -> int:
+        """Size of the projected query output that the bottleneck quantises."""
+        return len(self.levels) if self.kind == "fsq" else self.code_dim
+
+    @property
+    def num_codes(self) -> int | None:
+        """Codes a query can take (one id per query), None where codes are not single ids (binning, continuous)."""
+        if self.kind == "vq":
+            return self.codebook_size
+        if self.kind == "fsq":
+            return math.prod(self.levels)
+        return None
 
     def validate(self) -> None:
         self.check(self.codebook_size >= 2, "codebook_size", "at least 2 codes")
@@ -39,6 +61,8 @@ class QuantizerConfig(Config):
         self.check(0.0 < self.ema_decay < 1.0, "ema_decay", "a value in (0, 1)")
         self.check(self.dead_code_threshold >= 0, "dead_code_threshold", "a non-negative count")
         self.check(self.num_bins >= 2, "num_bins", "at least 2 bins")
+        self.check(len(self.levels) >= 1 and all(n >= 2 for n in self.levels), "levels",
+                   "one or more levels per dimension, each at least 2")
 
 
 @dataclass
@@ -118,6 +142,7 @@ def table7_variant(base: GIDMConfig, name: Literal["gidm", "mlp", "transformer"]
     return replace(base, architecture=name, quantizer=quant)
 
 
-def table8_variant(base: GIDMConfig, name: Literal["vq", "binning", "continuous"]) -> GIDMConfig:
-    """Paper Table 8: VQ-VAE codes, simple binning, or a continuous latent action (Gaussian mixture not built)."""
+def table8_variant(base: GIDMConfig, name: Literal["vq", "binning", "fsq", "continuous"]) -> GIDMConfig:
+    """Paper Table 8: VQ-VAE codes, simple binning, or a continuous latent action (Gaussian mixture not built); and
+    FSQ, which the paper does not test."""
     return replace(base, quantizer=replace(base.quantizer, kind=name))

@@ -19,7 +19,7 @@ instances, never saved with the model). Public API used by the coupled policy:
     # text_tokens:    [B, L, text_dim] from defi.models.encoders.text (or None when text_dim == 0)
     # text_mask:      [B, L] bool, True on real tokens
     # features:       [B, N, dim] quantised latent action features (differentiable: straight-through)
-    # codes:          [B, N] int64 code ids (vq), [B, N, code_dim] bin ids (binning), None (continuous)
+    # codes:          [B, N] int64 code ids (vq, fsq), [B, N, code_dim] bin ids (binning), None (continuous)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from defi.models.layers import SpatioTemporalBlock, TransformerBlock
 class LatentActions(NamedTuple):
     features: torch.Tensor  # [B, N, dim] quantised latent action features
     codes: torch.Tensor | None
-    pre_quant: torch.Tensor  # [B, N, code_dim] encoder output before the bottleneck
+    pre_quant: torch.Tensor  # [B, N, latent_dim] encoder output before the bottleneck
     vq_loss: torch.Tensor
 
 
@@ -79,9 +79,9 @@ class GIDM(PretrainedMixin, nn.Module):
             self.encoder = nn.Sequential(*layers)
         self.encoder_norm = nn.LayerNorm(d)
         q = config.quantizer
-        self.to_code = nn.Linear(d, q.code_dim)
+        self.to_code = nn.Linear(d, q.latent_dim)
         self.quantizer = build_quantizer(q)
-        self.from_code = nn.Linear(q.code_dim, d)
+        self.from_code = nn.Linear(q.latent_dim, d)
         # decoder
         self.decoder_action_pos = nn.Parameter(torch.randn(1, n, d) * 0.02)
         self.decoder_in = nn.Sequential(nn.LayerNorm(config.feature_dim), nn.Linear(config.feature_dim, d))
@@ -260,9 +260,10 @@ class GIDM(PretrainedMixin, nn.Module):
         with torch.no_grad():
             copy_mse = F.mse_loss(start.to(pred.dtype), target)
         out = {"loss": mse + latent.vq_loss, "mse": mse.detach(), "copy_mse": copy_mse, "vq_loss": latent.vq_loss.detach()}
-        if self.config.quantizer.kind == "vq":
+        num_codes = self.config.quantizer.num_codes
+        if num_codes is not None:
             # codes used within this batch (a collapse shows here long before the held-out evaluation)
-            counts = torch.bincount(latent.codes.reshape(-1), minlength=self.config.quantizer.codebook_size).float()
+            counts = torch.bincount(latent.codes.reshape(-1), minlength=num_codes).float()
             probs = counts / counts.sum()
             out["batch_code_perplexity"] = (-(probs * probs.clamp(min=1e-12).log()).sum()).exp()
         return out

@@ -21,7 +21,7 @@ from defi.models.inverse.configuration import QuantizerConfig
 
 class Quantized(NamedTuple):
     quantized: torch.Tensor  # [B, N, C], straight-through to the input
-    indices: torch.Tensor | None  # vq: [B, N] code ids; binning: [B, N, C] bin ids; continuous: None
+    indices: torch.Tensor | None  # vq, fsq: [B, N] code ids; binning: [B, N, C] bin ids; continuous: None
     loss: torch.Tensor  # scalar (commitment + codebook terms; 0 without a codebook)
 
 
@@ -133,6 +133,35 @@ class BinningQuantizer(nn.Module):
         return Quantized(squashed + (quant - squashed).detach(), bins.long(), z.new_zeros(()))
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ (Mentzer et al. 2023): no codebook to learn, so none to collapse. Each of the len(levels) dimensions is
+    bounded with tanh and rounded to its own number of levels; the rounded values, read as a mixed-radix number,
+    are the code id (one per query, like VQ), so code usage is measured on the implied codebook of prod(levels)."""
+
+    def __init__(self, config: QuantizerConfig):
+        super().__init__()
+        self.config = config
+        levels = torch.tensor(config.levels)
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("radix", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False)
+        self.norm = nn.BatchNorm1d(len(config.levels), affine=False) if config.standardize else None
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        if self.norm is not None:
+            z = self.norm(z.reshape(-1, z.shape[-1]).float()).reshape(z.shape)
+        levels = self.levels.to(torch.float32)
+        # an even number of levels has no zero level: shift by half a level so that tanh(0) sits between two levels
+        half = (levels - 1) * (1 + 1e-3) / 2  # the 1e-3 lets tanh reach the outermost levels
+        offset = (self.levels % 2 == 0).to(torch.float32) * 0.5
+        bounded = torch.tanh(z.float() + torch.atanh(offset / half)) * half - offset
+        rounded = bounded.round()
+        width = (self.levels // 2).to(torch.float32)
+        quant = (bounded + (rounded - bounded).detach()) / width  # straight-through rounding, scaled to [-1, 1]
+        digits = rounded.long() + self.levels // 2  # 0 .. level - 1 per dimension
+        ids = (digits * self.radix).sum(-1)
+        return Quantized(quant.to(z.dtype), ids, z.new_zeros(()))
+
+
 class ContinuousLatent(nn.Module):
     """No bottleneck (Table 8 "continuous latent action", and the Table 7 baselines)."""
 
@@ -145,4 +174,6 @@ class ContinuousLatent(nn.Module):
 
 
 def build_quantizer(config: QuantizerConfig) -> nn.Module:
-    return {"vq": VectorQuantizer, "binning": BinningQuantizer, "continuous": ContinuousLatent}[config.kind](config)
+    kinds = {"vq": VectorQuantizer, "binning": BinningQuantizer, "fsq": FiniteScalarQuantizer,
+             "continuous": ContinuousLatent}
+    return kinds[config.kind](config)
