@@ -1,6 +1,6 @@
 """Issue 13, GIDM: what does a linear probe to end-effector displacement get from each input? The latent action
 alone, the encoder's output before the bottleneck (is the motion lost in quantisation?), its codes one-hot (a
-lookup table, whatever the code vectors' geometry), the current frame's features alone, and each combined with the current frame (the policy always sees o_t next to the latent action), against the
+lookup table, whatever the code vectors' geometry; for FSQ one-hot per dimension's level), the current frame's features alone, and each combined with the current frame (the policy always sees o_t next to the latent action), against the
 feature difference e_{t+n} - e_t. Same split as `gidm_latent_picture` (half of the episodes fit, half score).
 
     python studies/issue13/gidm_context_probe.py RUN_DIR/gidm/model RUN_DIR/data/demos
@@ -42,9 +42,15 @@ with torch.no_grad():
         rows["latent"].append(features.float().flatten(1))
         rows["pre"].append(out.pre_quant.float().flatten(1))
         quantizer = gidm.config.quantizer
-        k = quantizer.num_bins if quantizer.kind == "binning" else quantizer.codebook_size  # binning codes: bin ids
+        k = quantizer.num_bins if quantizer.kind == "binning" else quantizer.num_codes  # binning codes: bin ids
         if codes is None:  # a continuous latent has no codes: its one-hot rows are the latent itself
             rows["onehot"].append(features.float().flatten(1))
+        elif quantizer.kind == "fsq":  # one-hot per dimension's level (a 1000-way one-hot would be too sparse)
+            digits, radix = [], 1
+            for level in quantizer.levels:
+                digits.append(torch.nn.functional.one_hot((codes // radix) % level, level).float().flatten(1))
+                radix *= level
+            rows["onehot"].append(torch.cat(digits, 1))
         else:
             rows["onehot"].append(torch.nn.functional.one_hot(codes.reshape(codes.shape[0], -1), k).float().flatten(1))
         rows["current"].append(current.float().mean(1))
