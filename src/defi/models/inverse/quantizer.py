@@ -142,22 +142,23 @@ class FiniteScalarQuantizer(nn.Module):
         super().__init__()
         self.config = config
         levels = torch.tensor(config.levels)
-        self.register_buffer("levels", levels, persistent=False)
-        self.register_buffer("radix", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False)
+        # constants of the bound, derived from the levels once (buffers: they follow the module's device)
+        half = (levels - 1).float() * (1 + 1e-3) / 2  # the 1e-3 lets tanh reach the outermost levels
+        # an even number of levels has no zero level: shift by half a level so that tanh(0) sits between two levels
+        offset = (levels % 2 == 0).float() * 0.5
+        constants = {"half_range": half, "offset": offset, "shift": torch.atanh(offset / half), "width": levels // 2,
+                     "radix": torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)}
+        for name, value in constants.items():
+            self.register_buffer(name, value, persistent=False)
         self.norm = nn.BatchNorm1d(len(config.levels), affine=False) if config.standardize else None
 
     def forward(self, z: torch.Tensor) -> Quantized:
         if self.norm is not None:
             z = self.norm(z.reshape(-1, z.shape[-1]).float()).reshape(z.shape)
-        levels = self.levels.to(torch.float32)
-        # an even number of levels has no zero level: shift by half a level so that tanh(0) sits between two levels
-        half = (levels - 1) * (1 + 1e-3) / 2  # the 1e-3 lets tanh reach the outermost levels
-        offset = (self.levels % 2 == 0).to(torch.float32) * 0.5
-        bounded = torch.tanh(z.float() + torch.atanh(offset / half)) * half - offset
+        bounded = torch.tanh(z.float() + self.shift) * self.half_range - self.offset
         rounded = bounded.round()
-        width = (self.levels // 2).to(torch.float32)
-        quant = (bounded + (rounded - bounded).detach()) / width  # straight-through rounding, scaled to [-1, 1]
-        digits = rounded.long() + self.levels // 2  # 0 .. level - 1 per dimension
+        quant = (bounded + (rounded - bounded).detach()) / self.width  # straight-through rounding, scaled to [-1, 1]
+        digits = rounded.long() + self.width  # 0 .. level - 1 per dimension
         ids = (digits * self.radix).sum(-1)
         return Quantized(quant.to(z.dtype), ids, z.new_zeros(()))
 
