@@ -133,7 +133,8 @@ def test_quick_preset_end_to_end_smoke(tmp_path):
 
 def test_full_preset_runs_the_study_regime():
     """`defi demo --preset full` shows the regime `defi study` measured (issue 13): the same tasks, view, models and
-    finetuning recipe, no proprio state, and the vision-reliance check; only the budgets are smaller."""
+    finetuning recipe, no proprio state, and the vision-reliance check; only the budgets are smaller, and with them
+    the GIDM's latent-action design is the cheaper VQ one (the study pretrains FSQ for 8000 steps)."""
     from defi.experiments.demo.config import resolve
     from defi.experiments.study import StudyConfig
 
@@ -143,6 +144,14 @@ def test_full_preset_runs_the_study_regime():
     assert demo.corpus.tasks == study.corpus.tasks and demo.demos.tasks == ",".join(study.finetune.eval.tasks)
     assert demo.finetune.defi == study.finetune.defi and demo.finetune.defi.state_dim == 0
     assert demo.finetune.image_dp == study.finetune.image_dp and demo.finetune.image_dp.state_dim == 0
-    assert demo.idm.model == study.idm.model and demo.fdm.model == study.fdm.model
-    # the same recipe; only the demo draws training progress bars (the study's scheduler shows its own)
-    assert replace(demo.finetune.trainer, progress=False) == study.finetune.trainer
+    assert demo.fdm.model == study.fdm.model
+    # the GIDMs differ only in the latent-action design: the same encoders, view, depth and decoder
+    assert (demo.idm.model.quantizer.kind, study.idm.model.quantizer.kind) == ("vq", "fsq")
+    assert study.idm.pair_shift == 4 and not study.idm.cache_features and demo.idm.cache_features
+    assert replace(demo.idm.model, quantizer=study.idm.model.quantizer,
+                   num_action_queries=study.idm.model.num_action_queries) == study.idm.model
+    assert (study.idm.trainer.max_steps, demo.idm.trainer.max_steps) == (8000, 1500)
+    # the same recipe at a third of the steps; only the demo draws training progress bars (the study's scheduler
+    # shows its own)
+    assert (study.finetune.trainer.max_steps, demo.finetune.trainer.max_steps) == (6000, 2000)
+    assert replace(demo.finetune.trainer, progress=False, max_steps=6000) == study.finetune.trainer
