@@ -51,8 +51,8 @@ def regime_stages(fdm_steps: int, idm_steps: int, finetune_steps: int, episodes_
       cached). At 8000 steps it is the design that meets both GIDM targets: 78% of the codes in use and latent
       actions that predict end-effector motion better than the feature difference (R^2 0.487 vs 0.464, above it on
       20 of 20 episode splits).
-    - "vq": 4 queries, 128 cosine-normalised codes, cached features: about 3x cheaper per step; its latent actions
-      carry less of the motion (R^2 0.35 at 2000 steps). Coupled into the policy, the two gave the same success
+    - "vq": 4 queries, 128 cosine-normalised codes, cached features (cheaper: no frame is encoded per training
+      step); its latent actions carry less of the motion (R^2 0.35 at 2000 steps). Coupled into the policy, the two gave the same success
       (+0.4 [-4.6, +5.4] points, 10 demos, 2 seeds), so budgets too short for FSQ to pay off (the demo) keep it."""
     cam = (CAMERA,)
     fdm = PretrainFDMConfig.preset("small")
