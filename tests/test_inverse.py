@@ -165,6 +165,21 @@ def test_code_usage_and_ridge_probe():
     assert r2_score(y, y) == 1.0
 
 
+def test_ridge_probe_wide_inputs_use_the_same_solution():
+    # more features than rows (pixels): the dual form must give the primal weights
+    from defi.eval.probes import _fit, _predict
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 300, generator=g, dtype=torch.float64)
+    y = x[:, :3] @ torch.randn(3, 2, generator=g, dtype=torch.float64)
+    wide = _fit(x, y, 10.0)
+    xs = (x - x.mean(0)) / x.std(0)
+    primal = torch.linalg.solve(xs.T @ xs + 10.0 * torch.eye(300, dtype=x.dtype), xs.T @ (y - y.mean(0)))
+    assert torch.allclose(wide[2], primal, atol=1e-8)
+    held = torch.randn(10, 300, generator=g, dtype=torch.float64)
+    assert _predict(wide, held).shape == (10, 2)
+
+
 @pytest.mark.parametrize(
     "variant",
     [("gidm", "vq"), ("gidm", "binning"), ("gidm", "fsq"), ("gidm", "continuous"), ("mlp", None),

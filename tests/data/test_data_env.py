@@ -45,6 +45,17 @@ def test_observation_format_seeding_and_expert():
         env.close()
 
 
+def test_first_frame_shows_this_scene_not_the_last_one():
+    # Meta-World moves the goal site at reset without recomputing where sites are drawn: without the wrapper's
+    # kinematics pass the first frame showed the previous episode's goal (push: a 2 cm green sphere)
+    frames = []
+    for before in (3, 4):
+        with MetaWorldEnv("push", seed=0, cameras=("workspace_close",), image_size=64) as env:
+            env.reset(seed=before)
+            frames.append(env.reset(seed=11)["observation.images.workspace_close"])
+    np.testing.assert_array_equal(frames[0], frames[1])
+
+
 def test_unknown_camera():
     with pytest.raises(DefiError, match="unknown Meta-World camera 'wrist'"):
         MetaWorldEnv("reach", cameras=("wrist",))

@@ -202,6 +202,10 @@ class MetaWorldEnv:
         if seed is not None:
             self._env.seed(int(seed))
         self._raw_obs, _ = self._env.reset()
+        # Meta-World moves the goal sites at reset without recomputing their drawn positions (the next physics
+        # step does): without this pass the first frame shows the previous episode's goal. Kinematics only, so
+        # the simulation itself is unchanged.
+        self._mujoco.mj_kinematics(self._env.model, self._env.data)
         self.steps = 0
         self.success = False
         return self.observation()

@@ -16,8 +16,15 @@ def _fit(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     xs = (x - mean) / std
     y_mean = y.mean(0)
-    gram = xs.T @ xs + alpha * torch.eye(xs.shape[1], dtype=xs.dtype)
-    weight = torch.linalg.solve(gram, xs.T @ (y - y_mean))
+    n, d = xs.shape
+    if d > n:
+        # wide inputs (pixels, flattened feature maps): the dual form gives the same weights from an n x n
+        # system, where the primal d x d one would take minutes and gigabytes
+        gram = xs @ xs.T + alpha * torch.eye(n, dtype=xs.dtype)
+        weight = xs.T @ torch.linalg.solve(gram, y - y_mean)
+    else:
+        gram = xs.T @ xs + alpha * torch.eye(d, dtype=xs.dtype)
+        weight = torch.linalg.solve(gram, xs.T @ (y - y_mean))
     return mean, std, weight, y_mean
 
 
