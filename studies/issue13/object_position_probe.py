@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 torch.set_num_threads(1)
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -42,10 +43,15 @@ ROLLOUT_FRAMES = range(0, 200, 20)
 ROLLOUT_COLUMNS = ("hand x", "hand y", "hand z", "object - hand x", "object - hand y", "object - hand z")
 
 rollout = os.environ.get("MODE", "first") == "rollout"
+if len(sys.argv) < 2:
+    sys.exit("usage: object_position_probe.py RUN_DIR/runs/demosN/seedS [SCENES]  (see the docstring)")
 seed_dir = Path(sys.argv[1])
 scenes = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+ARMS = ("defi", "defi-scratch", "image_dp")
 policies = {arm: load_policy(seed_dir / arm / "model", device="cpu").eval()
-            for arm in ("defi", "defi-scratch", "image_dp") if (seed_dir / arm / "model").exists()}
+            for arm in ARMS if (seed_dir / arm / "model").exists()}
+if not policies:
+    sys.exit(f"{seed_dir}: no finetuned policy found (expected one of {', '.join(a + '/model' for a in ARMS)})")
 meta = policy_metadata(next(iter(policies.values())))
 
 
@@ -56,11 +62,13 @@ def features(batch: dict) -> dict[str, torch.Tensor]:
         if arm == "image_dp":
             out["image DP: finetuned image encoder"] = policy.encode_images(batch["images"]).flatten(1)
             continue
-        out[f"{arm}: frozen frame tokens"] = policy.current_tokens(batch["images"]).flatten(1)
-        feats, _ = policy.gfdm_features(batch["images"], batch["instruction"])
+        # the frozen parts run once; `condition` reads their outputs back as finetuning's feature cache does
+        frozen = policy.frozen_features(batch)
+        out[f"{arm}: frozen frame tokens"] = frozen["current_tokens"].flatten(1)
         for name in policy.config.video_former.layers:
-            out[f"{arm}: frozen GFDM {name}"] = feats[name].flatten(1)
-        out[f"{arm}: adapter condition (finetuned)"] = policy.condition(batch)[0].flatten(1)
+            out[f"{arm}: frozen GFDM {name}"] = frozen[f"gfdm.{name}"].flatten(1)
+        cached = {**batch, **{f"cache.{key}": value for key, value in frozen.items()}}
+        out[f"{arm}: adapter condition (finetuned)"] = policy.condition(cached)[0].flatten(1)
     return out
 
 
@@ -77,16 +85,17 @@ def out_of_fold(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor) -> torch.
     return pred
 
 
-result: dict = {"mode": "rollout" if rollout else "first", "scenes_per_task": scenes, "folds": FOLDS, "arms": list(policies), "tasks": {}}
+result: dict = {"mode": "rollout" if rollout else "first", "scenes_per_task": scenes, "folds": FOLDS,
+                "arms": list(policies), "tasks": {}}
 tasks = os.environ["TASKS"].split(",") if os.environ.get("TASKS") else list(TASKS)
 for task in tasks:
     rows, targets, episode = [], [], []
     with MetaWorldEnv(task, seed=0, cameras=meta.cameras, image_size=meta.image_size) as env:
-        for i in range(scenes):
+        for i in tqdm(range(scenes), desc=task, unit="episode" if rollout else "scene"):
             obs = env.reset(seed=FIRST_SCENE_SEED + i)
             for step in range(max(ROLLOUT_FRAMES) + 1 if rollout else 1):
                 if step in ROLLOUT_FRAMES:
-                    obs = env.observation()
+                    obs = env.observation() if step else obs
                     rows.append(features(observation_to_batch(obs, instruction(task), meta)))
                     state = obs["observation.environment_state"]
                     targets.append(np.concatenate([state[0:3], state[4:7] - state[0:3]]) if rollout
